@@ -1,0 +1,106 @@
+"""cloud-config for the serving VM: container runtime (+ NVIDIA toolkit on GPU sizes), the model-cache
+disk, the Hugging Face token fetched from Key Vault with the VM's managed identity into tmpfs, and a
+systemd unit that runs the Compose project.
+
+A pure function of its inputs, so the rendered document can be validated against cloud-init's schema.
+"""
+
+from dataclasses import dataclass
+
+import yaml
+
+APP_DIR = "/opt/slm-serving"
+DATA_DIR = "/var/lib/slm-serving"
+SECRETS_DIR = "/run/slm-serving/secrets"
+DATA_DISK = "/dev/disk/azure/scsi1/lun0"
+SERVICE = "slm-serving.service"
+
+
+@dataclass(frozen=True)
+class CloudInitArgs:
+    compose_yaml: str
+    gpu: bool
+    key_vault_uri: str
+    hf_token_secret_name: str
+
+
+_FETCH_SECRETS = """#!/bin/sh
+# Fetch secrets from Key Vault with the VM's managed identity into tmpfs; never written to disk.
+set -eu
+umask 077
+mkdir -p {secrets_dir}
+token=$(curl -fsS -H Metadata:true \\
+  'http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net' \\
+  | jq -r .access_token)
+curl -fsS -H "Authorization: Bearer $token" \\
+  '{vault_uri}secrets/{secret_name}?api-version=7.4' | jq -j .value > {secrets_dir}/hf_token.tmp
+mv {secrets_dir}/hf_token.tmp {secrets_dir}/hf_token
+"""
+
+# NVIDIA's documented apt repository for the container toolkit; the key is verified by apt.
+_INSTALL_NVIDIA_TOOLKIT = """#!/bin/sh
+set -eu
+keyring=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | gpg --dearmor --yes -o "$keyring"
+curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list \\
+  | sed "s#deb https://#deb [signed-by=$keyring] https://#g" > /etc/apt/sources.list.d/nvidia-container-toolkit.list
+apt-get update
+apt-get install -y --no-install-recommends nvidia-container-toolkit
+nvidia-ctk runtime configure --runtime=docker
+systemctl restart docker
+"""
+
+_UNIT = f"""[Unit]
+Description=slm-serving Compose project
+Requires=docker.service
+After=docker.service network-online.target
+Wants=network-online.target
+RequiresMountsFor={DATA_DIR}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+WorkingDirectory={APP_DIR}
+ExecStartPre=/usr/local/sbin/slm-fetch-secrets
+ExecStart=/usr/bin/docker compose -f {APP_DIR}/compose.yaml up -d --remove-orphans --wait
+ExecStop=/usr/bin/docker compose -f {APP_DIR}/compose.yaml down
+TimeoutStartSec=3600
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_DOCKER_DAEMON = '{\n  "log-driver": "local",\n  "live-restore": true,\n  "no-new-privileges": true\n}\n'
+
+
+def cloud_config(args: CloudInitArgs) -> str:
+    """The `#cloud-config` user data for the VM."""
+    write_files = [
+        {"path": f"{APP_DIR}/compose.yaml", "content": args.compose_yaml, "permissions": "0644"},
+        {"path": "/etc/docker/daemon.json", "content": _DOCKER_DAEMON, "permissions": "0644"},
+        {
+            "path": "/usr/local/sbin/slm-fetch-secrets",
+            "permissions": "0755",
+            "content": _FETCH_SECRETS.format(
+                secrets_dir=SECRETS_DIR, vault_uri=args.key_vault_uri, secret_name=args.hf_token_secret_name
+            ),
+        },
+        {"path": f"/etc/systemd/system/{SERVICE}", "content": _UNIT, "permissions": "0644"},
+    ]
+    runcmd: list[list[str]] = []
+    if args.gpu:
+        write_files.append(
+            {"path": "/usr/local/sbin/slm-install-nvidia-toolkit", "content": _INSTALL_NVIDIA_TOOLKIT, "permissions": "0755"}
+        )
+        runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
+    runcmd += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", SERVICE]]
+    document = {
+        "package_update": True,
+        "packages": ["ca-certificates", "curl", "jq", "gnupg", "docker.io", "docker-compose-v2"],
+        "disk_setup": {DATA_DISK: {"table_type": "gpt", "layout": True, "overwrite": False}},
+        "fs_setup": [{"label": "slmdata", "filesystem": "ext4", "device": DATA_DISK, "partition": "auto"}],
+        "mounts": [["LABEL=slmdata", DATA_DIR, "ext4", "defaults,nofail", "0", "2"]],
+        "write_files": write_files,
+        "runcmd": runcmd,
+    }
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)

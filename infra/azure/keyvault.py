@@ -1,0 +1,72 @@
+"""Key Vault with RBAC authorization that holds the Hugging Face token.
+
+Reachable only from the stack's subnets (service endpoints) and trusted Azure services; the token is
+written through the management plane, so the deployer needs no data-plane role.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_azure_native import keyvault
+
+HF_TOKEN_SECRET = "hf-token"
+
+
+@dataclass(frozen=True)
+class SecretVaultArgs:
+    resource_group_name: pulumi.Input[str]
+    location: str
+    tenant_id: pulumi.Input[str]
+    subnet_ids: Sequence[pulumi.Input[str]]
+    allowed_cidrs: Sequence[str]
+    soft_delete_retention_days: int
+    purge_protection: bool
+    hf_token: pulumi.Output[str]
+    tags: Mapping[str, str]
+    protect: bool
+
+
+class SecretVault(pulumi.ComponentResource):
+    id: pulumi.Output[str]
+    uri: pulumi.Output[str]
+    hf_token_secret_name: str = HF_TOKEN_SECRET
+
+    def __init__(self, name: str, args: SecretVaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("slm:azure:SecretVault", name, None, opts)
+        properties: keyvault.VaultPropertiesArgsDict = {
+            "tenant_id": args.tenant_id,
+            "sku": {"family": "A", "name": "standard"},
+            "enable_rbac_authorization": True,
+            "enable_soft_delete": True,
+            "soft_delete_retention_in_days": args.soft_delete_retention_days,
+            "network_acls": {
+                "default_action": "Deny",
+                "bypass": "AzureServices",
+                "virtual_network_rules": [{"id": sid} for sid in args.subnet_ids],
+                "ip_rules": [{"value": cidr} for cidr in args.allowed_cidrs],
+            },
+        }
+        # Azure rejects an explicit false: purge protection can only be switched on.
+        if args.purge_protection:
+            properties["enable_purge_protection"] = True
+        vault = keyvault.Vault(
+            f"{name}-kv",
+            resource_group_name=args.resource_group_name,
+            location=args.location,
+            properties=properties,
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        keyvault.Secret(
+            f"{name}-hf-token",
+            resource_group_name=args.resource_group_name,
+            vault_name=vault.name,
+            secret_name=HF_TOKEN_SECRET,
+            properties={"value": pulumi.Output.secret(args.hf_token), "content_type": "text/plain"},
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["properties"]),
+        )
+        self.id = vault.id
+        self.uri = vault.properties.apply(lambda p: p.vault_uri or "")
+        self.register_outputs({"id": self.id, "uri": self.uri})

@@ -1,0 +1,62 @@
+"""Shared fixtures: run the real program for a stack file (optionally with config overrides) under
+the recording mock, in known-outputs or preview mode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from infra import recording
+from infra.config import NAMESPACE
+from infra.render import PLACEHOLDER, read_stack_config
+
+STACKS = ("dev", "prod", "local")
+
+RunStack = Callable[..., recording.Recording]
+
+
+def run_stack(
+    stack: str,
+    overrides: dict[str, Any] | None = None,
+    remove: tuple[str, ...] = (),
+    preview: bool = False,
+) -> recording.Recording:
+    """Run the program for Pulumi.<stack>.yaml; `overrides` replaces whole keys (short names)."""
+    stack_file = read_stack_config(stack)
+    config = dict(stack_file.config)
+    for key in remove:
+        config.pop(f"{NAMESPACE}:{key}", None)
+    for key, value in (overrides or {}).items():
+        config[f"{NAMESPACE}:{key}"] = value if isinstance(value, str) else json.dumps(value)
+    rec = recording.run(stack, config, stack_file.secret_keys, preview=preview)
+    assert not rec.duplicates, f"duplicate URNs: {rec.duplicates}"
+    return rec
+
+
+def stack_value(stack: str, key: str) -> Any:
+    raw = read_stack_config(stack).config[f"{NAMESPACE}:{key}"]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+_cache: dict[tuple[str, bool], recording.Recording] = {}
+
+
+@pytest.fixture
+def rendered() -> Callable[[str, bool], recording.Recording]:
+    """Recordings of the unmodified stack files, shared within a worker."""
+
+    def get(stack: str, preview: bool = False) -> recording.Recording:
+        if (stack, preview) not in _cache:
+            _cache[(stack, preview)] = run_stack(stack, preview=preview)
+        return _cache[(stack, preview)]
+
+    return get
+
+
+__all__ = ["PLACEHOLDER", "STACKS", "run_stack", "stack_value"]

@@ -1,0 +1,132 @@
+"""Invalid config fails before any resource exists, listing every problem with key, value and choices."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from infra import recording
+from infra.config import ConfigError
+from infra.render import read_stack_config
+from infra.vm_sizes import GPU_SIZES
+from tests.conftest import run_stack, stack_value
+
+
+def problems(stack: str, overrides: dict[str, Any] | None = None, remove: tuple[str, ...] = ()) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        run_stack(stack, overrides, remove)
+    return [str(p) for p in caught.value.problems]
+
+
+def prod_aks(**changes: Any) -> dict[str, Any]:
+    aks = copy.deepcopy(stack_value("prod", "aks"))
+    aks.update(changes)
+    return aks
+
+
+def one(found: list[str], key: str) -> str:
+    matching = [p for p in found if p.startswith(key + ":")]
+    assert len(matching) == 1, f"no single problem for {key}: {found}"
+    return matching[0]
+
+
+def test_unsupported_gpu_size_names_the_valid_ones() -> None:
+    pools = prod_aks()["gpuPools"]
+    pools[0]["vmSize"] = "Standard_NC6"
+    message = one(problems("prod", {"aks": prod_aks(gpuPools=pools)}), "slm-serving:aks.gpuPools[0].vmSize")
+    assert "'Standard_NC6'" in message
+    for size in GPU_SIZES:
+        assert size in message
+
+
+def test_min_above_max() -> None:
+    pools = prod_aks()["gpuPools"]
+    pools[1].update(minCount=3, maxCount=2)
+    message = one(problems("prod", {"aks": prod_aks(gpuPools=pools)}), "slm-serving:aks.gpuPools[1]")
+    assert "minCount 3 is greater than maxCount 2" in message
+
+
+def test_unknown_backend_lists_the_known_ones() -> None:
+    backends = {**stack_value("prod", "backends"), "tgi": {"enabled": True}}
+    message = one(problems("prod", {"backends": backends}), "slm-serving:backends.tgi")
+    assert "unknown key 'tgi'" in message
+    assert "vllm, ollama, onnx" in message
+
+
+def test_missing_required_secret() -> None:
+    # The stack file holds no secret; the render fills a placeholder, so remove it for this check.
+    message = one(problems("dev", remove=("hfToken",)), "slm-serving:hfToken")
+    assert "required secret" in message and "pulumi config set --secret hfToken" in message
+
+
+def test_overlapping_cidrs() -> None:
+    network = {"addressSpace": "10.0.0.0/16", "aksSubnet": "10.0.0.0/20", "serviceCidr": "10.0.8.0/22"}
+    found = problems("prod", {"network": network})
+    assert any("serviceCidr: 10.0.8.0/22 overlaps aksSubnet 10.0.0.0/20" in p for p in found), found
+    assert any("dnsServiceIp: 10.41.0.10 is not inside serviceCidr 10.0.8.0/22" in p for p in found), found
+
+
+def test_unknown_target_lists_valid_targets() -> None:
+    message = one(problems("dev", {"target": "gke"}), "slm-serving:target")
+    assert "'aks', 'vm' or 'cluster'" in message and "'gke'" in message
+
+
+def test_wrong_types_are_not_coerced() -> None:
+    pools = prod_aks()["gpuPools"]
+    pools[0]["maxCount"] = "4"
+    message = one(problems("prod", {"aks": prod_aks(gpuPools=pools)}), "slm-serving:aks.gpuPools[0].maxCount")
+    assert "valid integer" in message and "'4'" in message
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    vm = {**stack_value("dev", "vm"), "size": "Standard_X1", "adminUsername": "root", "dataDiskSizeGb": 1}
+    found = problems("dev", {"vm": vm, "environment": "qa"})
+    for key in ("vm.size", "vm.adminUsername", "vm.dataDiskSizeGb", "environment"):
+        one(found, f"slm-serving:{key}")
+
+
+def test_cross_key_problems_are_listed_together() -> None:
+    found = problems("dev", {"allowedCidrs": ["0.0.0.0/0"], "owner": ""}, remove=("hfToken",))
+    one(found, "slm-serving:allowedCidrs[0]")
+    one(found, "slm-serving:owner")
+    one(found, "slm-serving:hfToken")
+
+
+def test_vllm_needs_a_gpu_that_meets_its_floor() -> None:
+    vm = {**stack_value("dev", "vm"), "size": "Standard_NV12s_v3"}
+    message = one(problems("dev", {"vm": vm}), "slm-serving:backends.vllm.device")
+    assert "compute capability >= 7.0" in message and "M60" in message
+
+
+def test_gpu_backend_needs_a_gpu_pool() -> None:
+    message = one(problems("prod", {"aks": prod_aks(gpuPools=[])}), "slm-serving:backends.vllm.device")
+    assert "aks.gpuPools" in message
+
+
+def test_test_stacks_must_expire() -> None:
+    one(problems("dev", {"environment": "test"}), "slm-serving:expiresOn")
+
+
+def test_sections_of_other_targets_are_flagged() -> None:
+    found = problems("local", {"aks": {"tier": "Free"}, "registry": {"sku": "Basic"}})
+    one(found, "slm-serving:aks")
+    one(found, "slm-serving:registry")
+
+
+def test_explicit_zero_is_kept() -> None:
+    pools = prod_aks()["gpuPools"]
+    pools[0]["minCount"] = 0
+    rec = run_stack("prod", {"aks": prod_aks(gpuPools=pools)})
+    pool = rec.one("azure-native:containerservice:AgentPool", "gpu-a10")
+    assert pool.plain["minCount"] == 0
+
+
+def test_no_resource_is_created_when_config_is_invalid() -> None:
+    stack_file = read_stack_config("dev")
+    config = {**stack_file.config, "slm-serving:target": "nope"}
+    rec = recording.Recording(stack="dev", preview=False)
+    with pytest.raises(ConfigError):
+        recording.run("dev", config, stack_file.secret_keys, into=rec)
+    assert rec.resources == []
