@@ -197,9 +197,9 @@ def _computed_outputs(reg: Registration) -> dict[str, Any]:
         out["name"] = next((v for k, v in i.items() if k.endswith("Name") and k != "resourceGroupName"), reg.name)
         out["azureApiVersion"] = "mock"
     if reg.type == "azure-native:containerregistry:Registry":
-        out["loginServer"] = f"{i.get('registryName', reg.name)}.azurecr.io"
+        out["loginServer"] = f"{out['name']}.azurecr.io"
     elif reg.type == "azure-native:keyvault:Vault":
-        out["properties"] = {**i.get("properties", {}), "vaultUri": f"https://{i.get('vaultName')}.vault.azure.net/"}
+        out["properties"] = {**i.get("properties", {}), "vaultUri": f"https://{out['name']}.vault.azure.net/"}
     elif reg.type == "azure-native:containerservice:ManagedCluster":
         ident = {"objectId": "33333333-3333-3333-3333-333333333333", "clientId": "c1", "resourceId": "r1"}
         addons = dict(i.get("addonProfiles", {}))

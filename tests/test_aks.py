@@ -1,0 +1,161 @@
+"""The AKS stack: GPU pools, protection, identity, access and the provider it hands on."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from infra.azure import roles
+from infra.azure.gpu_pool import SPOT_TAINT
+from infra.recording import Secret
+from tests.conftest import run_stack, stack_value
+
+POOL = "azure-native:containerservice:AgentPool"
+CLUSTER = "azure-native:containerservice:ManagedCluster"
+
+
+def _aks(**changes: Any) -> dict[str, Any]:
+    aks = copy.deepcopy(stack_value("prod", "aks"))
+    aks.update(changes)
+    return aks
+
+
+def test_gpu_pools_are_tainted_and_autoscaled_within_config_bounds(rendered: Any) -> None:
+    rec = rendered("prod")
+    for configured in stack_value("prod", "aks")["gpuPools"]:
+        pool = rec.one(POOL, f"gpu-{configured['name']}-").plain
+        assert pool["mode"] == "User"
+        assert pool["vmSize"] == configured["vmSize"]
+        assert pool["enableAutoScaling"] is True
+        assert pool["minCount"] == configured["minCount"]
+        assert pool["maxCount"] == configured["maxCount"]
+        assert "sku=gpu:NoSchedule" in pool["nodeTaints"]
+        assert pool["gpuProfile"] == {"driver": "Install"}
+        for key, value in configured["labels"].items():
+            assert pool["nodeLabels"][key] == value
+
+
+def test_min_zero_pool_really_scales_to_zero(rendered: Any) -> None:
+    pool = rendered("prod").one(POOL, "gpu-t4spot-").plain
+    assert (pool["minCount"], pool["count"], pool["enableAutoScaling"]) == (0, 0, True)
+
+
+def test_spot_pool_settings(rendered: Any) -> None:
+    pool = rendered("prod").one(POOL, "gpu-t4spot-").plain
+    assert pool["scaleSetPriority"] == "Spot"
+    assert pool["scaleSetEvictionPolicy"] == "Delete"
+    assert pool["spotMaxPrice"] == -1
+    assert SPOT_TAINT in pool["nodeTaints"]
+    regular = rendered("prod").one(POOL, "gpu-a10-").plain
+    assert regular["scaleSetPriority"] == "Regular" and "spotMaxPrice" not in regular
+
+
+def test_ephemeral_os_disk_only_where_the_size_allows() -> None:
+    pools = _aks()["gpuPools"]
+    pools[0]["vmSize"] = "Standard_NC24ads_A100_v4"  # 64 GiB temp disk < 128 GiB OS disk
+    rec = run_stack("prod", {"aks": _aks(gpuPools=pools)})
+    assert rec.one(POOL, "gpu-a10-").plain["osDiskType"] == "Managed"
+    assert rec.one(POOL, "gpu-t4spot-").plain["osDiskType"] == "Ephemeral"
+
+
+def test_size_or_taint_change_is_a_create_before_delete_replacement(rendered: Any) -> None:
+    before = rendered("prod").one(POOL, "gpu-a10-")
+    pools = _aks()["gpuPools"]
+    pools[0]["vmSize"] = "Standard_NV72ads_A10_v5"
+    resized = run_stack("prod", {"aks": _aks(gpuPools=pools)}).one(POOL, "gpu-a10-")
+    pools[0]["taints"] = ["sku=gpu:NoSchedule", "team=ml:NoSchedule"]
+    retainted = run_stack("prod", {"aks": _aks(gpuPools=pools)}).one(POOL, "gpu-a10-")
+
+    names = {before.plain["agentPoolName"], resized.plain["agentPoolName"], retainted.plain["agentPoolName"]}
+    assert len(names) == 3, "a new size or taint set must get a new Azure pool name"
+    for name in names:
+        assert re.fullmatch(r"a10[0-9a-f]{4}", name)
+    for pool in (before, resized, retainted):
+        assert pool.urn == before.urn, "same Pulumi resource, so preview shows a replacement"
+        assert {"vmSize", "nodeTaints", "agentPoolName"} <= set(pool.replace_on_changes)
+        assert pool.delete_before_replace is False  # the new pool comes up before the old one goes
+        assert "count" in pool.ignore_changes
+
+
+def test_prod_protects_what_holds_data_or_identity(rendered: Any) -> None:
+    rec = rendered("prod")
+    for type_ in (
+        "azure-native:resources:ResourceGroup",
+        CLUSTER,
+        "azure-native:containerregistry:Registry",
+        "azure-native:keyvault:Vault",
+        "azure-native:operationalinsights:Workspace",
+    ):
+        assert rec.one(type_).protect, f"{type_} is not protected in prod"
+    vault = rec.one("azure-native:keyvault:Vault").plain["properties"]
+    assert vault["enablePurgeProtection"] is True and vault["softDeleteRetentionInDays"] == 90
+
+
+def test_dev_protects_nothing_and_can_be_destroyed(rendered: Any) -> None:
+    rec = rendered("dev")
+    assert not [r.name for r in rec.resources if r.protect]
+    assert "enablePurgeProtection" not in rec.one("azure-native:keyvault:Vault").plain["properties"]
+
+
+def test_registry_admin_user_is_off(rendered: Any) -> None:
+    for stack in ("prod", "dev"):
+        registry = rendered(stack).one("azure-native:containerregistry:Registry").plain
+        assert registry["adminUserEnabled"] is False
+        assert registry["anonymousPullEnabled"] is False
+
+
+def test_cluster_access_is_entra_only(rendered: Any) -> None:
+    cluster = rendered("prod").one(CLUSTER).plain
+    assert cluster["disableLocalAccounts"] is True
+    assert cluster["enableRBAC"] is True
+    assert cluster["aadProfile"]["managed"] is True and cluster["aadProfile"]["enableAzureRBAC"] is True
+    assert cluster["apiServerAccessProfile"]["authorizedIPRanges"] == stack_value("prod", "allowedCidrs")
+
+
+def test_cluster_features(rendered: Any) -> None:
+    cluster = rendered("prod").one(CLUSTER).plain
+    assert cluster["oidcIssuerProfile"] == {"enabled": True}
+    assert cluster["securityProfile"]["workloadIdentity"] == {"enabled": True}
+    assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"]["enabled"] is True
+    assert cluster["addonProfiles"]["omsagent"]["enabled"] is True
+    assert cluster["networkProfile"]["networkPolicy"] == "cilium"
+    assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
+    system = cluster["agentPoolProfiles"][0]
+    assert system["mode"] == "System" and system["osDiskType"] == "Ephemeral"
+    windows = rendered("prod").of_type("azure-native:containerservice:MaintenanceConfiguration")
+    assert sorted(w.plain["configName"] for w in windows) == [
+        "aksManagedAutoUpgradeSchedule",
+        "aksManagedNodeOSUpgradeSchedule",
+    ]
+    for w in windows:
+        window = w.plain["maintenanceWindow"]
+        assert window["schedule"]["weekly"]["dayOfWeek"] == "Sunday" and window["durationHours"] == 4
+
+
+def test_role_assignments_are_least_privilege(rendered: Any) -> None:
+    rec = rendered("prod")
+    by_name = {r.name: r.plain for r in rec.of_type("azure-native:authorization:RoleAssignment")}
+    acr = by_name["slm-prod-acr-pull"]
+    assert acr["roleDefinitionId"].endswith(roles.ACR_PULL)
+    assert acr["principalId"] == "33333333-3333-3333-3333-333333333333"  # the kubelet identity
+    assert "containerregistry:Registry/slmprod-" in acr["scope"]
+    kv = by_name["slm-prod-kv-secrets-user"]
+    assert kv["roleDefinitionId"].endswith(roles.KEY_VAULT_SECRETS_USER)
+    assert "keyvault:Vault" in kv["scope"]
+    assert set(by_name) == {"slm-prod-acr-pull", "slm-prod-kv-secrets-user", "slm-prod-deployer-admin"}
+
+
+def test_provider_gets_the_kubeconfig_as_a_secret(rendered: Any) -> None:
+    rec = rendered("prod")
+    provider = rec.one("pulumi:providers:kubernetes")
+    assert isinstance(provider.inputs["kubeconfig"], Secret)
+    assert "--login" in provider.plain["kubeconfig"] and "azurecli" in provider.plain["kubeconfig"]
+    # The cluster's resource id: stable for the cluster's life, unlike its credentials.
+    assert "containerservice:ManagedCluster/slm-prod-aks-" in provider.plain["clusterIdentifier"]
+
+
+def test_first_preview_does_not_need_the_cluster(rendered: Any) -> None:
+    rec = rendered("prod", True)
+    assert isinstance(rec.exports["kubeconfig"], Secret)
+    assert rec.one("kubernetes:core/v1:Namespace")

@@ -1,0 +1,125 @@
+"""The VM stack: network exposure, SSH-only access, GPU driver, model disk and a valid cloud-init."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from infra.azure import roles
+from infra.azure.cloud_init import CloudInitArgs, cloud_config
+from tests.conftest import run_stack, stack_value
+
+SCHEMA = Path(__file__).parent / "data" / "cloud-config-schema-v1.json"
+VM = "azure-native:compute:VirtualMachine"
+
+
+def cloud_config_errors(text: str) -> list[str]:
+    """Schema errors of a user-data document (cloud-init's own schema, draft 4)."""
+    assert text.startswith("#cloud-config\n"), "user data must start with #cloud-config"
+    document = yaml.safe_load(text)
+    validator = jsonschema.Draft4Validator(json.loads(SCHEMA.read_text()))
+    errors = []
+    for error in validator.iter_errors(document):
+        # oneOf errors: the deepest sub-error says what is really wrong.
+        leaf = max(error.context, key=lambda e: len(e.absolute_path)) if error.context else error
+        errors.append(f"{'.'.join(map(str, leaf.absolute_path)) or '<root>'}: {leaf.message}")
+    return errors
+
+
+def test_nsg_admits_only_allow_listed_sources(rendered: Any) -> None:
+    allowed = {ipaddress.ip_network(c) for c in stack_value("dev", "allowedCidrs")}
+    nsg = rendered("dev").one("azure-native:network:NetworkSecurityGroup").plain
+    allows = [r for r in nsg["securityRules"] if r["access"] == "Allow" and r["direction"] == "Inbound"]
+    assert sorted(r["destinationPortRange"] for r in allows) == ["22", "443"]
+    for rule in allows:
+        assert "sourceAddressPrefix" not in rule
+        assert {ipaddress.ip_network(p) for p in rule["sourceAddressPrefixes"]} <= allowed
+    deny = [r for r in nsg["securityRules"] if r["access"] == "Deny"]
+    assert deny and deny[0]["sourceAddressPrefix"] == "Internet"
+    assert all(deny[0]["priority"] > r["priority"] for r in allows)
+
+
+def test_subnet_uses_the_nsg(rendered: Any) -> None:
+    rec = rendered("dev")
+    subnet = rec.one("azure-native:network:Subnet").plain
+    assert "network:NetworkSecurityGroup/slm-dev-vm-nsg" in subnet["networkSecurityGroup"]["id"]
+
+
+def test_ssh_keys_only(rendered: Any) -> None:
+    linux = rendered("dev").one(VM).plain["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-ed25519 ")
+
+
+def test_configured_ssh_key_replaces_the_generated_one() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVuZXJhdGVkLWZvci10ZXN0cw user@laptop"
+    rec = run_stack("dev", {"vm": {**stack_value("dev", "vm"), "sshPublicKey": key}})
+    assert rec.of_type("tls:index/privateKey:PrivateKey") == []
+    assert "vmSshPrivateKey" not in rec.exports
+    assert rec.one(VM).plain["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"] == key
+
+
+def test_gpu_size_gets_the_driver_extension_and_cpu_size_does_not(rendered: Any) -> None:
+    ext = rendered("dev").one("azure-native:compute:VirtualMachineExtension").plain
+    assert (ext["publisher"], ext["type"]) == ("Microsoft.HpcCompute", "NvidiaGpuDriverLinux")
+    cpu_only = {"vllm": {"enabled": False}, "ollama": {"enabled": True, "device": "cpu"}}
+    rec = run_stack("dev", {"vm": {"size": "Standard_D8s_v5"}, "backends": cpu_only})
+    assert rec.of_type("azure-native:compute:VirtualMachineExtension") == []
+    assert rec.one(VM).plain["osProfile"]["allowExtensionOperations"] is False
+
+
+def test_model_disk_outlives_the_vm(rendered: Any) -> None:
+    rec = rendered("dev")
+    disk = rec.one("azure-native:compute:Disk").plain
+    assert disk["diskSizeGB"] == stack_value("dev", "vm")["dataDiskSizeGb"]
+    attached = rec.one(VM).plain["storageProfile"]["dataDisks"][0]
+    assert attached["createOption"] == "Attach" and attached["deleteOption"] == "Detach"
+
+
+def test_vm_identity_pulls_images_and_reads_the_token(rendered: Any) -> None:
+    rec = rendered("dev")
+    assignments = {r.name: r.plain for r in rec.of_type("azure-native:authorization:RoleAssignment")}
+    assert set(assignments) == {"slm-dev-acr-pull", "slm-dev-kv-secrets-user"}
+    assert assignments["slm-dev-acr-pull"]["roleDefinitionId"].endswith(roles.ACR_PULL)
+    assert assignments["slm-dev-kv-secrets-user"]["roleDefinitionId"].endswith(roles.KEY_VAULT_SECRETS_USER)
+    for a in assignments.values():
+        assert a["principalId"] == "55555555-5555-5555-5555-555555555555"
+
+
+def test_rendered_cloud_init_is_valid_cloud_config(rendered: Any) -> None:
+    custom_data = rendered("dev").one(VM).plain["osProfile"]["customData"]
+    text = base64.b64decode(custom_data).decode()
+    assert cloud_config_errors(text) == []
+    document = yaml.safe_load(text)
+    paths = {f["path"]: f for f in document["write_files"]}
+    compose = yaml.safe_load(paths["/opt/slm-serving/compose.yaml"]["content"])
+    assert compose["services"], "the Compose project has no service"
+    assert "/usr/local/sbin/slm-install-nvidia-toolkit" in paths  # GPU size
+    assert ["systemctl", "enable", "--now", "slm-serving.service"] in document["runcmd"]
+    fetch = paths["/usr/local/sbin/slm-fetch-secrets"]["content"]
+    assert "https://slm-dev-kv.vault.azure.net/secrets/hf-token?api-version=" in fetch
+
+
+def test_cloud_init_carries_no_secret() -> None:
+    text = cloud_config(CloudInitArgs("services: {}\n", True, "https://kv.vault.azure.net/", "hf-token"))
+    assert "hf_" not in text.replace("hf_token", "")  # only the file name, never a token value
+    assert cloud_config_errors(text) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ("#cloud-config\npakages: [vim]\n", "'pakages' was unexpected"),
+        ("#cloud-config\nruncmd: 'echo hi'\n", "runcmd: 'echo hi' is not of type 'array'"),
+        ("#cloud-config\nwrite_files: [{content: x}]\n", "'path' is a required property"),
+    ],
+)
+def test_the_schema_check_rejects_bad_documents(document: str, expected: str) -> None:
+    assert any(expected in e for e in cloud_config_errors(document))
