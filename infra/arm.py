@@ -94,6 +94,12 @@ _CONDITIONAL_SKIPS: list[tuple[str, str, str, Any]] = [
         lambda p: not p.get("enablePurgeProtection"),
     ),
     (
+        "Microsoft.ContainerRegistry/registries",
+        "CKV_AZURE_233",
+        "zone redundancy needs the Premium SKU; dev/test registries are Standard",
+        lambda p: p.get("zoneRedundancy") != "Enabled",
+    ),
+    (
         "Microsoft.Compute/virtualMachines",
         "CKV_AZURE_50",
         "GPU VMs need the NVIDIA driver extension",

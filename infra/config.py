@@ -258,6 +258,9 @@ class StackSettings(_Model):
     location: str = "swedencentral"
     expires_on: dt.date | None = None
     protect: bool | None = None
+    # Encrypt temp disks and caches on the hosts; needs the subscription feature
+    # Microsoft.Compute/EncryptionAtHost registered (README: prerequisites).
+    encryption_at_host: bool = True
     allowed_cidrs: tuple[IPv4Cidr, ...] = ()
     network: NetworkConfig = NetworkConfig()
     aks: AksConfig = AksConfig()

@@ -112,7 +112,7 @@ def write_render(rec: recording.Recording, stack_file: StackFile, out: Path, sec
         folder = "azure" if reg.type.startswith("azure-native:") else "pulumi"
         (out / folder / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         if folder == "azure":
-            azure.append((reg.type, reg.name, recording.unwrap(reg.inputs)))
+            azure.append((reg.type, reg.name, reg.inputs))
 
     # The scanners' view keeps no secret either.
     template = to_arm_template((t, n, recording.redact(i)) for t, n, i in azure)

@@ -33,6 +33,7 @@ class KubernetesClusterArgs:
     subscription_id: pulumi.Input[str]
     deployer_object_id: pulumi.Input[str]
     allowed_cidrs: Sequence[str]
+    encryption_at_host: bool
     tags: Mapping[str, str]
     protect: bool
 
@@ -86,6 +87,7 @@ class KubernetesCluster(pulumi.ComponentResource):
                     if ephemeral_os_disk_fits(system.vm_size, system.os_disk_size_gb)
                     else "Managed",
                     "vnet_subnet_id": args.subnet_id,
+                    "enable_encryption_at_host": args.encryption_at_host,
                     "upgrade_settings": {"max_surge": "33%"},
                 }
             ],
@@ -160,6 +162,7 @@ class KubernetesCluster(pulumi.ComponentResource):
                     cluster_name=cluster.name,
                     subnet_id=args.subnet_id,
                     kubernetes_version=aks.kubernetes_version,
+                    encryption_at_host=args.encryption_at_host,
                     pool=pool,
                     tags=args.tags,
                 ),

@@ -35,6 +35,7 @@ class GpuNodePoolArgs:
     cluster_name: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
     kubernetes_version: str | None
+    encryption_at_host: bool
     pool: GpuPoolConfig
     tags: Mapping[str, str]
 
@@ -68,7 +69,8 @@ class GpuNodePool(pulumi.ComponentResource):
             os_disk_size_gb=pool.os_disk_size_gb,
             # AKS installs the NVIDIA driver on the nodes.
             gpu_profile={"driver": "Install"},
-            enable_encryption_at_host=False,
+            enable_encryption_at_host=args.encryption_at_host,
+            max_pods=110,
             # Upgrade in place, one node at a time: never needs a second GPU node.
             upgrade_settings={"max_surge": "0", "max_unavailable": "1"},
             scale_set_priority="Spot" if pool.spot else "Regular",

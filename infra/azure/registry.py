@@ -33,6 +33,7 @@ class ContainerRegistry(pulumi.ComponentResource):
             anonymous_pull_enabled=False,
             # Dedicated data endpoints and retention need Premium; Basic/Standard ignore them.
             data_endpoint_enabled=premium,
+            zone_redundancy="Enabled" if premium else "Disabled",
             policies={"retention_policy": {"days": 7, "status": "enabled"}} if premium else None,
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),

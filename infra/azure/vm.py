@@ -35,6 +35,7 @@ class ServingVmArgs:
     hf_token_secret_name: str
     subscription_id: pulumi.Input[str]
     compose_yaml: str
+    encryption_at_host: bool
     tags: Mapping[str, str]
     protect: bool
 
@@ -89,6 +90,7 @@ class ServingVm(pulumi.ComponentResource):
             creation_data={"create_option": "Empty"},
             disk_size_gb=cfg.data_disk_size_gb,
             sku={"name": "Premium_LRS"},
+            encryption={"type": "EncryptionAtRestWithPlatformKey"},
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
@@ -151,6 +153,7 @@ class ServingVm(pulumi.ComponentResource):
             },
             network_profile={"network_interfaces": [{"id": nic.id, "primary": True, "delete_option": "Delete"}]},
             diagnostics_profile={"boot_diagnostics": {"enabled": True}},
+            security_profile={"encryption_at_host": args.encryption_at_host},
             priority="Spot" if cfg.spot else "Regular",
             eviction_policy="Deallocate" if cfg.spot else None,
             tags=tags,
