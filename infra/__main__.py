@@ -15,8 +15,15 @@ elif _ROOT not in sys.path:
 
 import pulumi  # noqa: E402
 import pulumi_kubernetes as k8s  # noqa: E402
+from pulumi_azure_native import authorization, resources  # noqa: E402
 
 from infra import config  # noqa: E402
+from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs  # noqa: E402
+from infra.azure.keyvault import SecretVault, SecretVaultArgs  # noqa: E402
+from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs  # noqa: E402
+from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  # noqa: E402
+from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
+from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project  # noqa: E402
 from infra.k8s.cluster_access import ExistingCluster, ExistingClusterArgs  # noqa: E402
 from infra.k8s.namespaces import WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
@@ -25,15 +32,6 @@ from infra.tags import stack_tags  # noqa: E402
 
 def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None:
     """Build the Azure layer; returns the Kubernetes provider for `aks`, None for `vm`."""
-    from pulumi_azure_native import authorization, resources
-
-    from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs
-    from infra.azure.keyvault import SecretVault, SecretVaultArgs
-    from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs
-    from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec
-    from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs
-    from infra.azure.vm import ServingVm, ServingVmArgs
-
     s = cfg.settings
     name = f"slm-{cfg.stack}"
     protect = s.protect_resources
@@ -49,7 +47,8 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None
     else:
         subnets = {
             "vm": SubnetSpec(
-                str(s.network.vm_subnet), (InboundRule("ssh", 22, allowed), InboundRule("https", 443, allowed))
+                str(s.network.vm_subnet),
+                (InboundRule("ssh", 22, allowed), InboundRule("https", 443, allowed)),
             )
         }
     net = Network(
@@ -65,7 +64,11 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None
     registry = ContainerRegistry(
         name,
         ContainerRegistryArgs(
-            resource_group_name=group.name, location=s.location, sku=s.registry.sku, tags=tags, protect=protect
+            resource_group_name=group.name,
+            location=s.location,
+            sku=s.registry.sku,
+            tags=tags,
+            protect=protect,
         ),
     )
     assert cfg.secrets.hf_token is not None  # config.load requires it for Azure targets

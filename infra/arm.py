@@ -19,17 +19,29 @@ ARM_TYPES: dict[str, tuple[str, str]] = {
     "azure-native:network:PublicIPAddress": ("Microsoft.Network/publicIPAddresses", "2024-05-01"),
     "azure-native:network:NetworkInterface": ("Microsoft.Network/networkInterfaces", "2024-05-01"),
     "azure-native:operationalinsights:Workspace": ("Microsoft.OperationalInsights/workspaces", "2023-09-01"),
-    "azure-native:containerregistry:Registry": ("Microsoft.ContainerRegistry/registries", "2023-01-01-preview"),
+    "azure-native:containerregistry:Registry": (
+        "Microsoft.ContainerRegistry/registries",
+        "2023-01-01-preview",
+    ),
     "azure-native:keyvault:Vault": ("Microsoft.KeyVault/vaults", "2024-11-01"),
     "azure-native:keyvault:Secret": ("Microsoft.KeyVault/vaults/secrets", "2024-11-01"),
-    "azure-native:containerservice:ManagedCluster": ("Microsoft.ContainerService/managedClusters", "2025-09-01"),
-    "azure-native:containerservice:AgentPool": ("Microsoft.ContainerService/managedClusters/agentPools", "2025-09-01"),
+    "azure-native:containerservice:ManagedCluster": (
+        "Microsoft.ContainerService/managedClusters",
+        "2025-09-01",
+    ),
+    "azure-native:containerservice:AgentPool": (
+        "Microsoft.ContainerService/managedClusters/agentPools",
+        "2025-09-01",
+    ),
     "azure-native:containerservice:MaintenanceConfiguration": (
         "Microsoft.ContainerService/managedClusters/maintenanceConfigurations",
         "2025-09-01",
     ),
     "azure-native:compute:VirtualMachine": ("Microsoft.Compute/virtualMachines", "2024-11-01"),
-    "azure-native:compute:VirtualMachineExtension": ("Microsoft.Compute/virtualMachines/extensions", "2024-11-01"),
+    "azure-native:compute:VirtualMachineExtension": (
+        "Microsoft.Compute/virtualMachines/extensions",
+        "2024-11-01",
+    ),
     "azure-native:compute:Disk": ("Microsoft.Compute/disks", "2024-03-02"),
     "azure-native:authorization:RoleAssignment": ("Microsoft.Authorization/roleAssignments", "2022-04-01"),
 }
@@ -63,14 +75,26 @@ _NESTED_PROPERTIES = {"azure-native:keyvault:Vault", "azure-native:keyvault:Secr
 # resources it is true for.
 SKIPS: dict[str, list[tuple[str, str]]] = {
     "Microsoft.ContainerRegistry/registries": [
-        ("CKV_AZURE_139", "public network access stays on: CI and the VM push/pull over the internet with Entra auth"),
-        ("CKV_AZURE_166", "image quarantine is a Premium preview that blocks pulls until an external scanner signs off"),
+        (
+            "CKV_AZURE_139",
+            "public network access stays on: CI and the VM push/pull over the internet with Entra auth",
+        ),
+        (
+            "CKV_AZURE_166",
+            "image quarantine is a Premium preview that blocks pulls until an external scanner signs off",
+        ),
     ],
     "Microsoft.KeyVault/vaults/secrets": [
-        ("CKV_AZURE_41", "the HF token has no natural expiry; an expiry date would stop model downloads silently"),
+        (
+            "CKV_AZURE_41",
+            "the HF token has no natural expiry; an expiry date would stop model downloads silently",
+        ),
     ],
     "Microsoft.ContainerService/managedClusters": [
-        ("CKV_AZURE_8", "the kube-dashboard add-on was removed from AKS; setting it is rejected (AddonInvalid)"),
+        (
+            "CKV_AZURE_8",
+            "the kube-dashboard add-on was removed from AKS; setting it is rejected (AddonInvalid)",
+        ),
         (
             "CKV_AZURE_172",
             "secret rotation is on; the AKS API types add-on config as strings, so it is 'true', not true",
@@ -126,7 +150,9 @@ def to_arm_resource(type_token: str, name: str, inputs: Mapping[str, Any]) -> di
             properties[key] = value
     resource["properties"] = properties
     skips = [f"{check}:{why}" for check, why in SKIPS.get(arm_type, [])]
-    skips += [f"{check}:{why}" for t, check, why, applies in _CONDITIONAL_SKIPS if t == arm_type and applies(properties)]
+    skips += [
+        f"{check}:{why}" for t, check, why, applies in _CONDITIONAL_SKIPS if t == arm_type and applies(properties)
+    ]
     if skips:
         resource["metadata"] = {"checkov": skips}
     return resource

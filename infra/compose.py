@@ -22,7 +22,10 @@ def compose_project(settings: StackSettings) -> str:
             "ports": ["127.0.0.1:8080:8080"],
             "configs": [{"source": "status", "target": "/www/index.html"}],
             "restart": "unless-stopped",
-            "healthcheck": {"test": ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"], "interval": "30s"},
+            "healthcheck": {
+                "test": ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"],
+                "interval": "30s",
+            },
         }
     }
     document = {

@@ -41,9 +41,7 @@ def _choices(values: Any) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=True)
 
 
 class NetworkConfig(_Model):
@@ -181,7 +179,8 @@ class AksConfig(_Model):
 
 
 class RegistryConfig(_Model):
-    sku: Literal["Basic", "Standard", "Premium"] = "Basic"
+    # Standard: Defender image scanning; Basic has none.
+    sku: Literal["Basic", "Standard", "Premium"] = "Standard"
 
 
 class KeyVaultConfig(_Model):
@@ -213,9 +212,7 @@ class VmConfig(_Model):
     @classmethod
     def _username(cls, value: str) -> str:
         if value in {"root", "admin", "administrator", "azure"} or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
-            raise ValueError(
-                f"{value!r} is not allowed; use a lowercase Linux user name other than root/admin"
-            )
+            raise ValueError(f"{value!r} is not allowed; use a lowercase Linux user name other than root/admin")
         return value
 
     @field_validator("ssh_public_key")
@@ -412,11 +409,11 @@ def _overlap_problems(net: NetworkConfig) -> list[Problem]:
                 problems.append(Problem(f"{key}.{b}", f"{ranges[b]} overlaps {a} {ranges[a]}; pick disjoint CIDRs"))
     for name in ("serviceCidr", "podCidr"):
         if ranges[name].overlaps(net.address_space):
-            problems.append(
-                Problem(f"{key}.{name}", f"{ranges[name]} overlaps addressSpace {net.address_space}")
-            )
+            problems.append(Problem(f"{key}.{name}", f"{ranges[name]} overlaps addressSpace {net.address_space}"))
     if net.dns_service_ip not in net.service_cidr:
-        problems.append(Problem(f"{key}.dnsServiceIp", f"{net.dns_service_ip} is not inside serviceCidr {net.service_cidr}"))
+        problems.append(
+            Problem(f"{key}.dnsServiceIp", f"{net.dns_service_ip} is not inside serviceCidr {net.service_cidr}")
+        )
     return problems
 
 
@@ -445,7 +442,10 @@ def cross_check(s: StackSettings, present_secrets: set[str]) -> list[Problem]:
             problems.append(Problem(f"{k}allowedCidrs[{i}]", f"{cidr} admits the whole internet; list your networks"))
     if s.target == "vm" and not s.allowed_cidrs:
         problems.append(
-            Problem(f"{k}allowedCidrs", "target vm needs at least one source CIDR, e.g. your public IP as a.b.c.d/32")
+            Problem(
+                f"{k}allowedCidrs",
+                "target vm needs at least one source CIDR, e.g. your public IP as a.b.c.d/32",
+            )
         )
     if s.is_azure:
         problems += _overlap_problems(s.network)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import runpy
 import sys
 from collections.abc import Callable, Iterator
@@ -19,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pulumi
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
-from pulumi.runtime.config import set_all_config
 from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.config import set_all_config
 from pulumi.runtime.settings import reset_options
 from pulumi.runtime.stack import run_in_stack
 
@@ -32,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_ROOT / "infra"
 
 _SIG = "4dabf18193072939515e22adb298388d"
-_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (Pulumi's wire signature)
 _RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
 
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000000"
@@ -243,17 +243,30 @@ class _Mocks(pulumi_mocks.Mocks):
         return outputs.pop("id"), state | outputs
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        if args.token == "azure-native:authorization:getClientConfig":
-            return {
-                "clientId": "deployer",
-                "objectId": DEPLOYER_OBJECT_ID,
-                "subscriptionId": SUBSCRIPTION_ID,
-                "tenantId": TENANT_ID,
-            }, []
-        if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":
-            value = base64.b64encode(fake_kubeconfig(str(args.args.get("resourceName"))).encode()).decode()
-            return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}, []
-        raise NotImplementedError(f"the recording mock has no answer for invoke {args.token}")
+        answer = _INVOKE_ANSWERS.get(args.token)
+        if answer is None:
+            raise NotImplementedError(f"the recording mock has no answer for invoke {args.token}")
+        return answer(args.args), []
+
+
+def _client_config(_: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clientId": "deployer",
+        "objectId": DEPLOYER_OBJECT_ID,
+        "subscriptionId": SUBSCRIPTION_ID,
+        "tenantId": TENANT_ID,
+    }
+
+
+def _user_credentials(args: dict[str, Any]) -> dict[str, Any]:
+    value = base64.b64encode(fake_kubeconfig(str(args.get("resourceName"))).encode()).decode()
+    return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
+
+
+_INVOKE_ANSWERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "azure-native:authorization:getClientConfig": _client_config,
+    "azure-native:containerservice:listManagedClusterUserCredentials": _user_credentials,
+}
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -267,7 +280,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             parent = ""
         return super().make_urn(parent, type_, name)
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type != "pulumi:pulumi:Stack":
             if urn in {r.urn for r in self.recording.resources}:
@@ -292,7 +305,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             )
         return super().RegisterResource(request)
 
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802
+    def RegisterResourceOutputs(self, request: Any) -> Any:
         if request.urn.split("::")[2] == "pulumi:pulumi:Stack":
             # Two stacks finish (set_mocks' own, with no outputs, and the program's): merge.
             raw = json_format.MessageToDict(request.outputs, preserving_proto_field_name=True)
@@ -300,14 +313,13 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-class _LogCapture(pulumi_mocks.MockEngine):
+class _LogLines(logging.Handler):
     def __init__(self, recording: Recording) -> None:
-        super().__init__(None)
+        super().__init__(logging.DEBUG)
         self.recording = recording
 
-    def Log(self, request: Any) -> None:  # noqa: N802
-        self.recording.logs.append(request.message)
-        super().Log(request)
+    def emit(self, record: logging.LogRecord) -> None:
+        self.recording.logs.append(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -325,6 +337,7 @@ def run(
     stack: str,
     config: dict[str, str],
     secret_keys: list[str],
+    *,
     preview: bool = False,
     program: Callable[[], None] | None = None,
     project: str = "slm-serving",
@@ -341,11 +354,18 @@ def run(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        # The program's log lines (pulumi.log.*) are kept on the recording.
+        logger = logging.getLogger(f"slm-serving.recording.{id(recording)}")
+        logger.propagate = False
+        logger.addHandler(_LogLines(recording))
         pulumi_mocks.set_mocks(
-            mocks, project=project, stack=stack, preview=preview, monitor=_RecordingMonitor(mocks, recording)
+            mocks,
+            project=project,
+            stack=stack,
+            preview=preview,
+            monitor=_RecordingMonitor(mocks, recording),
+            logger=logger,
         )
-        # set_mocks installs a default engine; swap it for one that keeps the log lines.
-        pulumi_settings.SETTINGS.engine = _LogCapture(recording)
         set_all_config(config, secret_keys)
         # set_mocks made (and finished) a root stack of its own; the program's run makes the real one,
         # as the CLI's host does, so the stack's exports are registered when the program ends.

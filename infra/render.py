@@ -141,7 +141,7 @@ def render(stack: str, out: Path, preview: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infra.render", description="Offline render of a stack")
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced)")
     parser.add_argument("--preview", action="store_true", help="render as `pulumi preview` sees a new stack")

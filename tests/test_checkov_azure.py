@@ -57,7 +57,13 @@ def test_azure_resources_pass_checkov(stack: str, tmp_path: Path) -> None:
 def test_checkov_catches_a_violation(tmp_path: Path) -> None:
     """The scan is live: an ACR with its admin user on fails."""
     template = to_arm_template(
-        [("azure-native:containerregistry:Registry", "bad", {"sku": {"name": "Standard"}, "adminUserEnabled": True})]
+        [
+            (
+                "azure-native:containerregistry:Registry",
+                "bad",
+                {"sku": {"name": "Standard"}, "adminUserEnabled": True},
+            )
+        ]
     )
     report = scan(template, tmp_path)
     assert "CKV_AZURE_137" in {c["check_id"] for c in report["results"]["failed_checks"]}

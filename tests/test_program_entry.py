@@ -29,7 +29,12 @@ def test_program_runs_as_the_cli_runs_it(stack: str) -> None:
     env.pop("PYTHONPATH", None)
     # -P: don't put the working directory on sys.path (the CLI's host doesn't either).
     result = subprocess.run(
-        [sys.executable, "-P", str(DRIVER)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-P", str(DRIVER)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ran = json.loads(result.stdout.strip().splitlines()[-1])

@@ -17,7 +17,12 @@ from tests.conftest import STACKS
 
 def render(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.render", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=300
+        [sys.executable, "-m", "infra.render", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
 
 

@@ -57,7 +57,7 @@ class KubernetesCluster(pulumi.ComponentResource):
             dns_prefix=name,
             kubernetes_version=aks.kubernetes_version,
             sku={"name": "Base", "tier": aks.tier},
-            identity={"type": "SystemAssigned"},
+            identity={"type": containerservice.ResourceIdentityType.SYSTEM_ASSIGNED},
             enable_rbac=True,
             disable_local_accounts=True,
             aad_profile={
@@ -183,7 +183,7 @@ class KubernetesCluster(pulumi.ComponentResource):
             parent=self,
         )
         csi_object_id = cluster.addon_profiles.apply(
-            lambda addons: ((addons or {})["azureKeyvaultSecretsProvider"].identity.object_id or "")  # type: ignore[union-attr]
+            lambda addons: (addons or {})["azureKeyvaultSecretsProvider"].identity.object_id or ""  # type: ignore[union-attr]
         )
         roles.assign_role(
             f"{name}-kv-secrets-user",

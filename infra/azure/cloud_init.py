@@ -29,9 +29,8 @@ _FETCH_SECRETS = """#!/bin/sh
 set -eu
 umask 077
 mkdir -p {secrets_dir}
-token=$(curl -fsS -H Metadata:true \\
-  'http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net' \\
-  | jq -r .access_token)
+imds='http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01'
+token=$(curl -fsS -H Metadata:true "$imds&resource=https%3A%2F%2Fvault.azure.net" | jq -r .access_token)
 curl -fsS -H "Authorization: Bearer $token" \\
   '{vault_uri}secrets/{secret_name}?api-version=7.4' | jq -j .value > {secrets_dir}/hf_token.tmp
 mv {secrets_dir}/hf_token.tmp {secrets_dir}/hf_token
@@ -90,7 +89,11 @@ def cloud_config(args: CloudInitArgs) -> str:
     runcmd: list[list[str]] = []
     if args.gpu:
         write_files.append(
-            {"path": "/usr/local/sbin/slm-install-nvidia-toolkit", "content": _INSTALL_NVIDIA_TOOLKIT, "permissions": "0755"}
+            {
+                "path": "/usr/local/sbin/slm-install-nvidia-toolkit",
+                "content": _INSTALL_NVIDIA_TOOLKIT,
+                "permissions": "0755",
+            }
         )
         runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
     runcmd += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", SERVICE]]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_azure_native import keyvault
 
-HF_TOKEN_SECRET = "hf-token"
+HF_TOKEN_SECRET = "hf-token"  # noqa: S105 (the secret's name, not its value)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SecretVault(pulumi.ComponentResource):
         super().__init__("slm:azure:SecretVault", name, None, opts)
         properties: keyvault.VaultPropertiesArgsDict = {
             "tenant_id": args.tenant_id,
-            "sku": {"family": "A", "name": "standard"},
+            "sku": {"family": keyvault.SkuFamily.A, "name": keyvault.SkuName.STANDARD},
             "enable_rbac_authorization": True,
             "enable_soft_delete": True,
             "soft_delete_retention_in_days": args.soft_delete_retention_days,

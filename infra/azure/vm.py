@@ -111,7 +111,7 @@ class ServingVm(pulumi.ComponentResource):
             resource_group_name=args.resource_group_name,
             location=args.location,
             hardware_profile={"vm_size": cfg.size},
-            identity={"type": "SystemAssigned"},
+            identity={"type": compute.ResourceIdentityType.SYSTEM_ASSIGNED},
             os_profile={
                 "computer_name": name,
                 "admin_username": cfg.admin_username,
@@ -123,7 +123,10 @@ class ServingVm(pulumi.ComponentResource):
                     "provision_vm_agent": True,
                     "ssh": {
                         "public_keys": [
-                            {"path": f"/home/{cfg.admin_username}/.ssh/authorized_keys", "key_data": public_key}
+                            {
+                                "path": f"/home/{cfg.admin_username}/.ssh/authorized_keys",
+                                "key_data": public_key,
+                            }
                         ]
                     },
                     "patch_settings": {"patch_mode": "ImageDefault"},
@@ -166,9 +169,11 @@ class ServingVm(pulumi.ComponentResource):
                 vm_name=vm.name,
                 location=args.location,
                 auto_upgrade_minor_version=True,
+                publisher=NVIDIA_DRIVER_EXTENSION["publisher"],
+                type=NVIDIA_DRIVER_EXTENSION["type"],
+                type_handler_version=NVIDIA_DRIVER_EXTENSION["type_handler_version"],
                 tags=tags,
                 opts=child,
-                **NVIDIA_DRIVER_EXTENSION,
             )
         principal_id = vm.identity.apply(lambda i: (i.principal_id if i else None) or "")
         roles.assign_role(

@@ -31,12 +31,19 @@ class Mocks(mocks.Mocks):
         return "", dict(args.inputs)
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict, list]:
-        if args.token == "azure-native:authorization:getClientConfig":
-            ids = "00000000-0000-0000-0000-000000000000"
-            return {"clientId": ids, "objectId": ids, "subscriptionId": ids, "tenantId": ids}, []
-        if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":
-            return {"kubeconfigs": [{"name": "clusterUser", "value": KUBECONFIG}]}, []
-        raise NotImplementedError(args.token)
+        ids = "00000000-0000-0000-0000-000000000000"
+        answers = {
+            "azure-native:authorization:getClientConfig": {
+                "clientId": ids,
+                "objectId": ids,
+                "subscriptionId": ids,
+                "tenantId": ids,
+            },
+            "azure-native:containerservice:listManagedClusterUserCredentials": {
+                "kubeconfigs": [{"name": "clusterUser", "value": KUBECONFIG}]
+            },
+        }
+        return answers[args.token], []
 
 
 def main() -> int:
