@@ -9,6 +9,7 @@ import yaml
 
 from infra.recording import PROJECT_ROOT, Secret, contains_secret
 from infra.render import PLACEHOLDER
+from infra.tags import REQUIRED_TAGS
 from tests.conftest import STACKS, run_stack
 
 EXPECTED = {
@@ -118,3 +119,30 @@ def test_stack_files_hold_no_secret_values() -> None:
     for path in Path(PROJECT_ROOT).glob("Pulumi.*.yaml"):
         text = path.read_text()
         assert "secure:" not in text, f"{path.name} carries an encrypted secret; keep secrets out of git"
+
+
+# Child resources that ARM does not tag (they inherit their parent's context).
+UNTAGGED = {
+    "azure-native:network:Subnet",
+    "azure-native:authorization:RoleAssignment",
+    "azure-native:containerservice:MaintenanceConfiguration",
+}
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_every_azure_resource_carries_the_required_tags(stack: str) -> None:
+    rec = run_stack(stack)
+    for reg in rec.resources:
+        if not reg.type.startswith("azure-native:") or reg.type in UNTAGGED:
+            continue
+        tags = reg.plain.get("tags", {})
+        missing = set(REQUIRED_TAGS) - set(tags)
+        assert not missing, f"{reg.name} ({reg.type}) lacks tags {missing}"
+        assert tags["env"] == stack and tags["stack"] == stack
+
+
+def test_test_stacks_carry_their_expiry() -> None:
+    rec = run_stack("dev", {"environment": "test", "expiresOn": "2026-12-01"})
+    tags = rec.one("azure-native:resources:ResourceGroup").plain["tags"]
+    assert tags["expires-on"] == "2026-12-01" and tags["env"] == "test"
+    assert "expires-on" not in run_stack("dev").one("azure-native:resources:ResourceGroup").plain["tags"]
