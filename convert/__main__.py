@@ -20,13 +20,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="hub id (e.g. microsoft/Phi-4-mini-instruct) or a local model folder")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit); default: main")
-    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"one of {', '.join(TARGETS)} (default {DEFAULT_TARGET})")
+    parser.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"one of {', '.join(TARGETS)} (default {DEFAULT_TARGET})"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created atomically)")
     parser.add_argument("--method", default="olive", help="olive (default) or builder (onnxruntime-genai directly)")
     parser.add_argument("--block-size", type=int, default=32, help="int4 quantization block size (default 32)")
-    parser.add_argument("--accuracy-level", type=int, default=4, help="int4 MatMulNBits accuracy level (default 4: int8)")
+    parser.add_argument(
+        "--accuracy-level", type=int, default=4, help="int4 MatMulNBits accuracy level (default 4: int8)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an output folder from a different conversion")
-    parser.add_argument("--prebuilt", help="fetch an already converted repository (hub id or folder) instead of converting")
+    parser.add_argument(
+        "--prebuilt", help="fetch an already converted repository (hub id or folder) instead of converting"
+    )
     parser.add_argument("--prebuilt-subfolder", help="sub-folder of the prebuilt repository (default: by target)")
     parser.add_argument("--no-compare", action="store_true", help="skip the logit comparison with the source model")
     parser.add_argument("--threads", type=int, help="intra-op threads for verification (default: CPUs available)")

@@ -22,7 +22,9 @@ def _builder_options(target: Target, block_size: int, accuracy_level: int) -> di
     return {"int4_block_size": str(block_size), "int4_accuracy_level": str(accuracy_level)}
 
 
-def olive_workflow(source_dir: Path, target: Target, out: Path, cache: Path, block_size: int, accuracy_level: int) -> dict:
+def olive_workflow(
+    source_dir: Path, target: Target, out: Path, cache: Path, *, block_size: int, accuracy_level: int
+) -> dict:
     provider = "CUDAExecutionProvider" if target.device == "cuda" else "CPUExecutionProvider"
     builder: dict[str, object] = {"type": "ModelBuilder", "precision": target.precision}
     if target.quantized:
@@ -32,7 +34,9 @@ def olive_workflow(source_dir: Path, target: Target, out: Path, cache: Path, blo
         "systems": {
             "local": {
                 "type": "LocalSystem",
-                "accelerators": [{"device": target.device if target.device == "cpu" else "gpu", "execution_providers": [provider]}],
+                "accelerators": [
+                    {"device": target.device if target.device == "cpu" else "gpu", "execution_providers": [provider]}
+                ],
             }
         },
         "passes": {"builder": builder},
@@ -44,11 +48,13 @@ def olive_workflow(source_dir: Path, target: Target, out: Path, cache: Path, blo
     }
 
 
-def run_olive(source_dir: Path, target: Target, out: Path, work: Path, block_size: int, accuracy_level: int) -> None:
+def run_olive(source_dir: Path, target: Target, out: Path, work: Path, *, block_size: int, accuracy_level: int) -> None:
     from olive.workflows import run  # noqa: PLC0415 (heavy; only when converting)
 
     olive_out = work / "olive-output"
-    config = olive_workflow(source_dir, target, olive_out, work / "olive-cache", block_size, accuracy_level)
+    config = olive_workflow(
+        source_dir, target, olive_out, work / "olive-cache", block_size=block_size, accuracy_level=accuracy_level
+    )
     run(config)
     if not (olive_out / "genai_config.json").is_file():
         raise errors.ConversionError(f"Olive produced no model (see {olive_out / 'run_history.txt'})")
@@ -58,7 +64,9 @@ def run_olive(source_dir: Path, target: Target, out: Path, work: Path, block_siz
             shutil.move(str(item), out / item.name)
 
 
-def run_builder(source_dir: Path, target: Target, out: Path, work: Path, block_size: int, accuracy_level: int) -> None:
+def run_builder(
+    source_dir: Path, target: Target, out: Path, work: Path, *, block_size: int, accuracy_level: int
+) -> None:
     options = _builder_options(target, block_size, accuracy_level)
     command = [
         sys.executable,
@@ -79,7 +87,8 @@ def run_builder(source_dir: Path, target: Target, out: Path, work: Path, block_s
         command += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
     log = work / "builder.log"
     with log.open("w") as sink:
-        result = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
+        # Our own interpreter and module, with arguments built above (no shell).
+        result = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)  # noqa: S603
     if result.returncode != 0:
         last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["no output"]
         raise errors.ConversionError(f"the model builder failed: {last[0][:300]} (log: {log})")

@@ -91,7 +91,9 @@ def _validate(request: Request) -> None:
     if not 16 <= request.block_size <= 256 or request.block_size & (request.block_size - 1):
         raise errors.UsageError(f"--block-size {request.block_size}: use a power of two from 16 to 256")
     if request.accuracy_level not in (0, 1, 2, 3, 4):
-        raise errors.UsageError(f"--accuracy-level {request.accuracy_level}: valid 0 (unset), 1 fp32, 2 fp16, 3 bf16, 4 int8")
+        raise errors.UsageError(
+            f"--accuracy-level {request.accuracy_level}: valid 0 (unset), 1 fp32, 2 fp16, 3 bf16, 4 int8"
+        )
 
 
 def _prebuilt_subfolder(repo: str, target: str, override: str | None) -> str:
@@ -162,7 +164,9 @@ def convert(request: Request, log: Log = _stderr) -> Result:
     method = "prebuilt" if request.prebuilt else request.method
 
     src = source.resolve(request.model, request.revision) if request.model else None
-    subfolder = _prebuilt_subfolder(request.prebuilt, request.target, request.prebuilt_subfolder) if request.prebuilt else ""
+    subfolder = (
+        _prebuilt_subfolder(request.prebuilt, request.target, request.prebuilt_subfolder) if request.prebuilt else ""
+    )
     spec = ConversionSpec(
         source=src.id if src else "",
         revision=src.revision if src else "",
@@ -197,7 +201,14 @@ def convert(request: Request, log: Log = _stderr) -> Result:
         else:
             assert source_dir is not None  # _validate: a model is required without --prebuilt
             log(f"converting {spec.source} to {target.name} with {method}")
-            METHODS[method](source_dir, target, model_dir, work, request.block_size, request.accuracy_level)
+            METHODS[method](
+                source_dir,
+                target,
+                model_dir,
+                work,
+                block_size=request.block_size,
+                accuracy_level=request.accuracy_level,
+            )
             prebuilt_id = prebuilt_revision = ""
         log("verifying: load, generate, compare with the source")
         checks = verify_model(model_dir, target, threads, source_dir if request.compare else None)
@@ -222,8 +233,8 @@ def convert(request: Request, log: Log = _stderr) -> Result:
         }
         written = manifest.write(model_dir, data)
         if out.exists():
-            os.replace(out, work / "replaced")
-        os.replace(model_dir, out)
+            out.replace(work / "replaced")
+        model_dir.replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out} (conversion key {key})")

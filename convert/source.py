@@ -73,6 +73,8 @@ def resolve_local(folder: Path) -> ModelSource:
 def _hub_errors(name: str, error: Exception) -> errors.ConversionError:
     from huggingface_hub import errors as hub  # noqa: PLC0415 (only for hub sources)
 
+    if isinstance(error, errors.ConversionError):
+        return error
     if isinstance(error, hub.GatedRepoError):
         how = "the token has not been granted access" if hf_token() else "no token is set"
         return errors.GatedModel(
@@ -81,20 +83,26 @@ def _hub_errors(name: str, error: Exception) -> errors.ConversionError:
     if isinstance(error, hub.RevisionNotFoundError):
         return errors.ModelNotFound(f"{name}: revision not found")
     if isinstance(error, (hub.RepositoryNotFoundError, hub.RemoteEntryNotFoundError)):
-        return errors.ModelNotFound(f"{name}: model not found on the hub (check the id, or the token for a private one)")
-    return errors.ConversionError(f"{name}: the hub answered {type(error).__name__}")
+        return errors.ModelNotFound(
+            f"{name}: model not found on the hub (check the id, or the token for a private one)"
+        )
+    if isinstance(error, hub.OfflineModeIsEnabled):
+        return errors.ModelNotFound(f"{name}: not a local folder, and HF_HUB_OFFLINE is set")
+    if isinstance(error, hub.HfHubHTTPError):
+        return errors.ConversionError(f"{name}: the hub answered {type(error).__name__}")
+    # Connection failures surface as the HTTP client's own exception types.
+    return errors.ConversionError(f"{name}: cannot reach the Hugging Face hub ({type(error).__name__})")
 
 
 def resolve_hub(repo_id: str, revision: str | None) -> ModelSource:
     """Look the model up without downloading weights: revision, size, architecture."""
     from huggingface_hub import HfApi, hf_hub_download  # noqa: PLC0415
-    from huggingface_hub import errors as hub  # noqa: PLC0415
 
     token = hf_token()
     try:
         info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
         config_path = hf_hub_download(repo_id, "config.json", revision=info.sha, token=token)
-    except (hub.HfHubHTTPError, hub.HFValidationError, hub.RemoteEntryNotFoundError) as error:
+    except Exception as error:
         raise _hub_errors(repo_id, error) from None
     architecture = _check_architecture(repo_id, json.loads(Path(config_path).read_text()))
     size = sum((s.size or 0) for s in (info.siblings or []) if s.rfilename.endswith(".safetensors"))
@@ -105,7 +113,6 @@ def download(source: ModelSource, into: Path, allow: list[str] | None = None) ->
     """Fetch a hub model (weights, config, tokenizer) into `into`; local folders are used in place."""
     if source.local:
         return Path(source.id)
-    from huggingface_hub import errors as hub  # noqa: PLC0415
     from huggingface_hub import snapshot_download  # noqa: PLC0415
 
     try:
@@ -116,7 +123,7 @@ def download(source: ModelSource, into: Path, allow: list[str] | None = None) ->
             local_dir=into,
             allow_patterns=allow or ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"],
         )
-    except (hub.HfHubHTTPError, hub.HFValidationError, hub.RemoteEntryNotFoundError) as error:
+    except Exception as error:
         raise _hub_errors(source.id, error) from None
     return Path(path)
 

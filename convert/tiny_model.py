@@ -11,6 +11,7 @@ import argparse
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -23,11 +24,55 @@ SPECIAL_TOKENS = (
     "<|tool_call|>",
     "<|/tool_call|>",
 )
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while small language models answer questions on kubernetes "
-    "with onnx runtime vllm and ollama serving tokens per second latency gpu cpu memory cache json tool call "
-    "weather city paris london tokyo function arguments name value true false null"
-).split()
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "small",
+    "language",
+    "models",
+    "answer",
+    "questions",
+    "on",
+    "kubernetes",
+    "with",
+    "onnx",
+    "runtime",
+    "vllm",
+    "and",
+    "ollama",
+    "serving",
+    "tokens",
+    "per",
+    "second",
+    "latency",
+    "gpu",
+    "cpu",
+    "memory",
+    "cache",
+    "json",
+    "tool",
+    "call",
+    "weather",
+    "city",
+    "paris",
+    "london",
+    "tokyo",
+    "function",
+    "arguments",
+    "name",
+    "value",
+    "true",
+    "false",
+    "null",
+]
 _PUNCTUATION = list("{}[]():,.\"'=<>/_-0123456789")
 
 # Phi-4-mini's layout (system and tools first, tool calls in markers), kept small.
@@ -73,7 +118,7 @@ def build(out: Path, spec: TinySpec = TinySpec()) -> Path:
         raise ValueError(f"hidden/heads = {head_size}: 0.75 x head size / 2 must be a multiple of 8 (e.g. 64, 128)")
 
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(spec.seed)
+    rng = random.Random(spec.seed)  # noqa: S311 (reproducible training text, not secrets)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
     tokenizer.decoder = decoders.ByteLevel()  # type: ignore[assignment]
@@ -95,21 +140,24 @@ def build(out: Path, spec: TinySpec = TinySpec()) -> Path:
     fast.save_pretrained(out)
 
     end_id = fast.convert_tokens_to_ids("<|end|>")
-    config = Phi3Config(
-        vocab_size=len(fast),
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.context,
-        original_max_position_embeddings=spec.context,
-        partial_rotary_factor=0.75,
-        tie_word_embeddings=True,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=[end_id, fast.eos_token_id],
-        pad_token_id=fast.pad_token_id,
-    )
+    special = {"bos": fast.bos_token_id, "eos": fast.eos_token_id, "pad": fast.pad_token_id}
+    settings: dict[str, Any] = {
+        "vocab_size": len(fast),
+        "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "max_position_embeddings": spec.context,
+        "original_max_position_embeddings": spec.context,
+        # Phi-4-mini rotates 3/4 of each head.
+        "partial_rotary_factor": 0.75,
+        "tie_word_embeddings": True,
+        "bos_token_id": special["bos"],
+        "eos_token_id": [end_id, special["eos"]],
+        "pad_token_id": special["pad"],
+    }
+    config = Phi3Config(**settings)
     torch.manual_seed(spec.seed)
     model = Phi3ForCausalLM(config)
     model.save_pretrained(out)

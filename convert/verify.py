@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from convert import errors
+from convert.genai import genai
 from convert.targets import Target
 
 # Fixed prompts: plain text, code, the serving domain, and a longer sentence.
@@ -25,8 +26,7 @@ GENERATED_TOKENS = 16
 
 
 def load(model_dir: Path, target: Target, threads: int) -> Any:
-    import onnxruntime_genai as og  # noqa: PLC0415
-
+    og = genai()
     config = og.Config(str(model_dir))
     if target.device == "cpu":
         config.clear_providers()
@@ -66,8 +66,7 @@ def _torch_logits(source_dir: Path, prompts_ids: list[list[int]]) -> list[np.nda
 
 
 def verify(model_dir: Path, target: Target, threads: int, source_dir: Path | None) -> dict[str, Any]:
-    import onnxruntime_genai as og  # noqa: PLC0415
-
+    og = genai()
     started = time.perf_counter()
     model = load(model_dir, target, threads)
     load_seconds = time.perf_counter() - started

@@ -5,6 +5,7 @@ so `infra.*` imports resolve and infra/azure can never shadow another top-level 
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -19,19 +20,32 @@ from pulumi_azure_native import authorization, resources  # noqa: E402
 
 from infra import config  # noqa: E402
 from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs  # noqa: E402
+from infra.azure.gpu_pool import pool_taints  # noqa: E402
 from infra.azure.keyvault import SecretVault, SecretVaultArgs  # noqa: E402
 from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs  # noqa: E402
 from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  # noqa: E402
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project  # noqa: E402
+from infra.images import image_ref  # noqa: E402
 from infra.k8s.cluster_access import ExistingCluster, ExistingClusterArgs  # noqa: E402
+from infra.k8s.conversion import ModelConversion, ModelConversionArgs  # noqa: E402
 from infra.k8s.namespaces import WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
 from infra.tags import stack_tags  # noqa: E402
 
 
-def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None:
-    """Build the Azure layer; returns the Kubernetes provider for `aks`, None for `vm`."""
+@dataclass(frozen=True)
+class Platform:
+    """What the cloud layer (or an existing cluster) hands to the workloads."""
+
+    provider: k8s.Provider | None  # None on `vm`: Compose, not Kubernetes
+    registry: pulumi.Input[str]
+    gpu_taints: tuple[str, ...] = ()
+    storage_class: str | None = None
+
+
+def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
+    """Build the Azure layer: the cluster (aks) or the VM (vm)."""
     s = cfg.settings
     name = f"slm-{cfg.stack}"
     protect = s.protect_resources
@@ -102,8 +116,11 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None
                 key_vault_id=vault.id,
                 key_vault_uri=vault.uri,
                 hf_token_secret_name=vault.hf_token_secret_name,
+                registry_login_server=registry.login_server,
                 subscription_id=client.subscription_id,
-                compose_yaml=compose_project(s),
+                compose_yaml=registry.login_server.apply(
+                    lambda server: compose_project(s, image_ref(server, "converter"))
+                ),
                 encryption_at_host=s.encryption_at_host,
                 tags=tags,
                 protect=protect,
@@ -113,7 +130,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None
         pulumi.export("vmAdminUser", vm.admin_username)
         if vm.ssh_private_key is not None:
             pulumi.export("vmSshPrivateKey", vm.ssh_private_key)
-        return None
+        return Platform(provider=None, registry=registry.login_server)
 
     logs = LogAnalytics(
         name,
@@ -147,7 +164,41 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> k8s.Provider | None
     )
     pulumi.export("clusterName", cluster.name)
     pulumi.export("kubeconfig", cluster.kubeconfig)
-    return cluster.provider
+    taints = tuple(dict.fromkeys(t for pool in s.aks.gpu_pools for t in pool_taints(pool)))
+    return Platform(
+        provider=cluster.provider,
+        registry=registry.login_server,
+        gpu_taints=taints,
+        # Azure Files: ReadWriteMany, so every replica shares one copy of the model.
+        storage_class=s.storage.class_name or "azurefile-csi-premium",
+    )
+
+
+def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
+    """Everything above the cluster: the same code on aks and on any existing cluster."""
+    s = cfg.settings
+    assert platform.provider is not None
+    labels = {"app.kubernetes.io/part-of": "slm-serving", "slm-serving/stack": cfg.stack}
+    namespace = WorkloadNamespace(f"slm-{cfg.stack}", WorkloadNamespaceArgs(provider=platform.provider, labels=labels))
+    onnx = s.backends.onnx
+    if onnx.enabled:
+        ModelConversion(
+            f"slm-{cfg.stack}-onnx",
+            ModelConversionArgs(
+                provider=platform.provider,
+                namespace=namespace.name,
+                image=pulumi.Output.from_input(platform.registry).apply(lambda r: image_ref(r, "converter")),
+                conversion=onnx.conversion,
+                target=onnx.conversion_target,
+                storage_class=platform.storage_class,
+                access_mode=s.storage.access_mode,
+                size_gb=s.storage.size_gb,
+                hf_token=cfg.secrets.hf_token,
+                tolerate_taints=platform.gpu_taints,
+                labels=labels,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[namespace]),
+        )
 
 
 def main() -> None:
@@ -157,16 +208,16 @@ def main() -> None:
     pulumi.export("target", s.target)
 
     if s.is_azure:
-        provider = _azure(cfg, tags)
+        platform = _azure(cfg, tags)
     else:
-        provider = ExistingCluster(
+        cluster = ExistingCluster(
             f"slm-{cfg.stack}",
             ExistingClusterArgs(kubeconfig=cfg.secrets.kubeconfig, context=s.cluster.context),
-        ).provider
+        )
+        platform = Platform(provider=cluster.provider, registry=s.cluster.registry, storage_class=s.storage.class_name)
 
-    if provider is not None:
-        labels = {"app.kubernetes.io/part-of": "slm-serving", "slm-serving/stack": cfg.stack}
-        WorkloadNamespace(f"slm-{cfg.stack}", WorkloadNamespaceArgs(provider=provider, labels=labels))
+    if platform.provider is not None:
+        _workloads(cfg, platform)
 
 
 main()

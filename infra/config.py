@@ -230,6 +230,50 @@ class VmConfig(_Model):
 class ClusterConfig(_Model):
     # Kubeconfig context to use when the secret `kubeconfig` is not set (then ~/.kube/config is read).
     context: str | None = None
+    # Registry the stack's own images (converter, ONNX server) are pulled from on this cluster.
+    registry: str = "localhost:5001"
+
+
+class StorageConfig(_Model):
+    """The shared model volume (Kubernetes targets). Several replicas mount one copy read-only."""
+
+    # None: azurefile-csi-premium on aks (ReadWriteMany); the cluster's default class elsewhere.
+    class_name: str | None = None
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
+    size_gb: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
+class ConversionConfig(_Model):
+    """How the ONNX backend's model is made (`python -m convert`)."""
+
+    model: str = "microsoft/Phi-4-mini-instruct"
+    revision: str = "main"
+    # None: cpu-int4 for a CPU backend, cuda-int4 for a GPU one.
+    target: Literal["cpu-int4", "cpu-fp32", "cuda-int4", "cuda-fp16"] | None = None
+    method: Literal["olive", "builder"] = "olive"
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    accuracy_level: Annotated[int, Field(ge=0, le=4)] = 4
+    # An already converted repository (e.g. microsoft/Phi-4-mini-instruct-onnx) instead of converting.
+    prebuilt: str | None = None
+    prebuilt_subfolder: str | None = None
+    cpu: str = "2"
+    memory: str = "32Gi"
+    # Give up after this long (a 3.8B model converts in well under an hour on 4 cores).
+    deadline_minutes: Annotated[int, Field(ge=5, le=24 * 60)] = 180
+
+    @field_validator("model")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", value):
+            raise ValueError(f"{value!r} is not a Hugging Face model id like 'microsoft/Phi-4-mini-instruct'")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not re.match(r"^\d+(Mi|Gi)$", value):
+            raise ValueError(f"{value!r} is not a memory quantity like '32Gi'")
+        return value
 
 
 class BackendConfig(_Model):
@@ -237,10 +281,18 @@ class BackendConfig(_Model):
     device: Device = "cpu"
 
 
+class OnnxBackendConfig(BackendConfig):
+    conversion: ConversionConfig = ConversionConfig()
+
+    @property
+    def conversion_target(self) -> str:
+        return self.conversion.target or ("cuda-int4" if self.device == "gpu" else "cpu-int4")
+
+
 class BackendsConfig(_Model):
     vllm: BackendConfig = BackendConfig()
     ollama: BackendConfig = BackendConfig()
-    onnx: BackendConfig = BackendConfig()
+    onnx: OnnxBackendConfig = OnnxBackendConfig()
 
     def enabled(self) -> dict[str, BackendConfig]:
         return {name: b for name, b in (("vllm", self.vllm), ("ollama", self.ollama), ("onnx", self.onnx)) if b.enabled}
@@ -265,6 +317,7 @@ class StackSettings(_Model):
     key_vault: KeyVaultConfig = KeyVaultConfig()
     vm: VmConfig = VmConfig()
     cluster: ClusterConfig = ClusterConfig()
+    storage: StorageConfig = StorageConfig()
     backends: BackendsConfig = BackendsConfig()
 
     @field_validator("location")
@@ -450,6 +503,24 @@ def cross_check(s: StackSettings, present_secrets: set[str]) -> list[Problem]:
     if s.is_azure:
         problems += _overlap_problems(s.network)
 
+    problems += _section_problems(s)
+    onnx = s.backends.onnx
+    if onnx.enabled and onnx.conversion_target.split("-")[0] != ("cuda" if onnx.device == "gpu" else "cpu"):
+        problems.append(
+            Problem(
+                f"{k}backends.onnx.conversion.target",
+                f"{onnx.conversion_target} does not run on device {onnx.device}; "
+                f"use {'cuda-int4 or cuda-fp16' if onnx.device == 'gpu' else 'cpu-int4 or cpu-fp32'}",
+            )
+        )
+    problems += _device_problems(s)
+    return problems
+
+
+def _section_problems(s: StackSettings) -> list[Problem]:
+    """Sections set for a target that does not use them (a sign of a mistaken target or stack file)."""
+    k = f"{NAMESPACE}:"
+    problems: list[Problem] = []
     explicit = s.model_fields_set
     for section, target in (("aks", "aks"), ("vm", "vm"), ("cluster", "cluster")):
         if section in explicit and s.target != target:
@@ -459,7 +530,8 @@ def cross_check(s: StackSettings, present_secrets: set[str]) -> list[Problem]:
             alias = to_camel(section)
             problems.append(Problem(f"{k}{alias}", "only used by Azure targets (aks, vm); remove it"))
 
-    problems += _device_problems(s)
+    if "storage" in explicit and s.target == "vm":
+        problems.append(Problem(f"{k}storage", "only used by Kubernetes targets (aks, cluster); remove it"))
     return problems
 
 

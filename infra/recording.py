@@ -68,6 +68,9 @@ def _convert(value: Any) -> Any:
         return [_convert(v) for v in value]
     if value == rpc.UNKNOWN:
         return UNKNOWN
+    # The wire has only doubles; integral ones were ints in the program (replicas, ports, ids).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -85,6 +88,10 @@ def unwrap(value: Any) -> Any:
 def redact(value: Any, placeholder: str = "[secret]") -> Any:
     """Replace every secret with a placeholder and every unknown with a visible marker."""
     if isinstance(value, Secret):
+        # Keep the shape (keys of a secret map) so the render still validates as a manifest.
+        inner = value.value
+        if isinstance(inner, dict):
+            return {k: placeholder for k in inner}
         return placeholder
     if value is UNKNOWN:
         return "(known after apply)"

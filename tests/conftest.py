@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,3 +61,11 @@ def rendered() -> Callable[[str, bool], recording.Recording]:
 
 
 __all__ = ["PLACEHOLDER", "STACKS", "run_stack", "stack_value"]
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Phi3ForCausalLM with a locally trained tokenizer (built once per worker)."""
+    from convert.tiny_model import build
+
+    return build(tmp_path_factory.mktemp("tiny") / "phi3-tiny")

@@ -108,7 +108,9 @@ def test_rendered_cloud_init_is_valid_cloud_config(rendered: Any) -> None:
 
 
 def test_cloud_init_carries_no_secret() -> None:
-    text = cloud_config(CloudInitArgs("services: {}\n", True, "https://kv.vault.azure.net/", "hf-token"))
+    text = cloud_config(
+        CloudInitArgs("services: {}\n", True, "https://kv.vault.azure.net/", "hf-token", "acr.azurecr.io")
+    )
     assert "hf_" not in text.replace("hf_token", "")  # only the file name, never a token value
     assert cloud_config_errors(text) == []
 

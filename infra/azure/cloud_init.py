@@ -22,6 +22,7 @@ class CloudInitArgs:
     gpu: bool
     key_vault_uri: str
     hf_token_secret_name: str
+    registry_login_server: str
 
 
 _FETCH_SECRETS = """#!/bin/sh
@@ -33,7 +34,21 @@ imds='http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-
 token=$(curl -fsS -H Metadata:true "$imds&resource=https%3A%2F%2Fvault.azure.net" | jq -r .access_token)
 curl -fsS -H "Authorization: Bearer $token" \\
   '{vault_uri}secrets/{secret_name}?api-version=7.4' | jq -j .value > {secrets_dir}/hf_token.tmp
+# Readable by the containers' shared group (10001), nobody else.
+chgrp 10001 {secrets_dir}/hf_token.tmp && chmod 0440 {secrets_dir}/hf_token.tmp
 mv {secrets_dir}/hf_token.tmp {secrets_dir}/hf_token
+"""
+
+# Docker logs in to ACR with the VM's managed identity: an Entra token exchanged for an ACR
+# refresh token (no admin user, no stored password).
+_REGISTRY_LOGIN = """#!/bin/sh
+set -eu
+imds='http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01'
+aad=$(curl -fsS -H Metadata:true "$imds&resource=https%3A%2F%2Fmanagement.azure.com%2F" | jq -r .access_token)
+refresh=$(curl -fsS -X POST "https://{registry}/oauth2/exchange" \\
+  --data-urlencode grant_type=access_token --data-urlencode service={registry} \\
+  --data-urlencode "access_token=$aad" | jq -r .refresh_token)
+printf '%s' "$refresh" | docker login {registry} --username 00000000-0000-0000-0000-000000000000 --password-stdin
 """
 
 # NVIDIA's documented apt repository for the container toolkit; the key is verified by apt.
@@ -61,6 +76,7 @@ Type=oneshot
 RemainAfterExit=yes
 WorkingDirectory={APP_DIR}
 ExecStartPre=/usr/local/sbin/slm-fetch-secrets
+ExecStartPre=/usr/local/sbin/slm-registry-login
 ExecStart=/usr/bin/docker compose -f {APP_DIR}/compose.yaml up -d --remove-orphans --wait
 ExecStop=/usr/bin/docker compose -f {APP_DIR}/compose.yaml down
 TimeoutStartSec=3600
@@ -84,6 +100,11 @@ def cloud_config(args: CloudInitArgs) -> str:
                 secrets_dir=SECRETS_DIR, vault_uri=args.key_vault_uri, secret_name=args.hf_token_secret_name
             ),
         },
+        {
+            "path": "/usr/local/sbin/slm-registry-login",
+            "permissions": "0755",
+            "content": _REGISTRY_LOGIN.format(registry=args.registry_login_server),
+        },
         {"path": f"/etc/systemd/system/{SERVICE}", "content": _UNIT, "permissions": "0644"},
     ]
     runcmd: list[list[str]] = []
@@ -96,7 +117,12 @@ def cloud_config(args: CloudInitArgs) -> str:
             }
         )
         runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
-    runcmd += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", SERVICE]]
+    runcmd += [
+        # The converter (uid 10001) writes models; the servers read them.
+        ["install", "-d", "-o", "10001", "-g", "10001", "-m", "0755", f"{DATA_DIR}/models"],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", SERVICE],
+    ]
     document = {
         "package_update": True,
         "packages": ["ca-certificates", "curl", "jq", "gnupg", "docker.io", "docker-compose-v2"],

@@ -33,8 +33,9 @@ class ServingVmArgs:
     key_vault_id: pulumi.Input[str]
     key_vault_uri: pulumi.Input[str]
     hf_token_secret_name: str
+    registry_login_server: pulumi.Input[str]
     subscription_id: pulumi.Input[str]
-    compose_yaml: str
+    compose_yaml: pulumi.Input[str]
     encryption_at_host: bool
     tags: Mapping[str, str]
     protect: bool
@@ -94,14 +95,17 @@ class ServingVm(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
-        user_data = pulumi.Output.all(uri=args.key_vault_uri).apply(
+        user_data = pulumi.Output.all(
+            uri=args.key_vault_uri, registry=args.registry_login_server, compose=args.compose_yaml
+        ).apply(
             lambda v: base64.b64encode(
                 cloud_config(
                     CloudInitArgs(
-                        compose_yaml=args.compose_yaml,
+                        compose_yaml=v["compose"],
                         gpu=cfg.has_gpu,
                         key_vault_uri=v["uri"],
                         hf_token_secret_name=args.hf_token_secret_name,
+                        registry_login_server=v["registry"],
                     )
                 ).encode()
             ).decode()

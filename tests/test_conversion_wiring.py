@@ -1,0 +1,159 @@
+"""The conversion as the stack runs it: a Job named by the key on Kubernetes, a one-shot Compose
+service on the VM, the token as a file, the model volume writable by the Job only."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pytest
+import yaml
+
+from infra import recording
+from infra.config import ConversionConfig
+from infra.conversion_plan import conversion_spec
+from infra.k8s.conversion import ModelConversion, ModelConversionArgs
+from tests.conftest import run_stack, stack_value
+
+JOB = "kubernetes:batch/v1:Job"
+
+
+def _onnx(stack: str, **conversion: Any) -> dict[str, Any]:
+    backends = copy.deepcopy(stack_value(stack, "backends"))
+    backends["onnx"]["conversion"] = {**backends["onnx"].get("conversion", {}), **conversion}
+    return backends
+
+
+def _job(rec: recording.Recording) -> dict[str, Any]:
+    return rec.one(JOB).plain
+
+
+@pytest.mark.parametrize("stack", ["prod", "local"])
+def test_job_name_and_output_carry_the_conversion_key(stack: str) -> None:
+    job = _job(run_stack(stack))
+    key = conversion_spec(ConversionConfig(), "cpu-int4").key()
+    assert job["metadata"]["name"] == f"convert-{key}"
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--out") + 1] == f"/models/{key}"
+    assert args[args.index("--model") + 1] == "microsoft/Phi-4-mini-instruct"
+
+
+def test_unchanged_stack_keeps_the_job_and_a_changed_model_or_target_renames_it() -> None:
+    name = _job(run_stack("prod"))["metadata"]["name"]
+    assert _job(run_stack("prod"))["metadata"]["name"] == name
+    other_model = _job(run_stack("prod", {"backends": _onnx("prod", model="microsoft/phi-4")}))
+    other_target = _job(run_stack("prod", {"backends": _onnx("prod", target="cpu-fp32")}))
+    other_revision = _job(run_stack("prod", {"backends": _onnx("prod", revision="0af4b0c")}))
+    names = {name, *(j["metadata"]["name"] for j in (other_model, other_target, other_revision))}
+    assert len(names) == 4
+
+
+def test_token_is_a_mounted_file_never_an_env_value() -> None:
+    rec = run_stack("prod")
+    pod = _job(rec)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN_PATH"]["value"] == "/var/run/secrets/huggingface/token"
+    assert all("valueFrom" not in e for e in container["env"])
+    token_mount = next(m for m in container["volumeMounts"] if m["name"] == "hf-token")
+    assert token_mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "hf-token")
+    assert volume["secret"]["secretName"] == "hf-token" and volume["secret"]["defaultMode"] == 0o400
+    secret = rec.one("kubernetes:core/v1:Secret")
+    assert isinstance(secret.inputs["stringData"], recording.Secret)
+
+
+def test_job_writes_the_shared_volume_and_runs_restricted() -> None:
+    rec = run_stack("prod")
+    pod = _job(rec)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    models = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert models["mountPath"] == "/models" and not models.get("readOnly")
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    claim = rec.one("kubernetes:core/v1:PersistentVolumeClaim").plain["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"] and claim["storageClassName"] == "azurefile-csi-premium"
+    tolerated = {(t["key"], t["value"]) for t in pod["tolerations"]}
+    assert ("sku", "gpu") in tolerated  # the big nodes of a GPU pool may run it
+
+
+def test_local_uses_its_single_node_volume() -> None:
+    claim = run_stack("local").one("kubernetes:core/v1:PersistentVolumeClaim").plain["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim
+
+
+def test_backend_mounts_read_only_and_waits_for_a_complete_model() -> None:
+    seen: dict[str, Any] = {}
+
+    def program() -> None:
+        provider = k8s.Provider("p", kubeconfig="{}")
+        conversion = ModelConversion(
+            "c",
+            ModelConversionArgs(
+                provider=provider,
+                namespace="slm-serving",
+                image="registry.example/converter:1",
+                conversion=ConversionConfig(),
+                target="cpu-int4",
+                storage_class=None,
+                access_mode="ReadWriteMany",
+                size_gb=10,
+                hf_token=None,
+                tolerate_taints=(),
+                labels={},
+            ),
+        )
+        seen.update(
+            key=conversion.key,
+            volume=conversion.backend_volume(),
+            mount=conversion.backend_mount(),
+            wait=conversion.wait_for_model(),
+        )
+        pulumi.export("claim", conversion.claim_name)
+
+    rec = recording.run("t", {}, [], program=program)
+    assert rec.exports["claim"] == "models"
+    assert seen["volume"]["persistent_volume_claim"]["read_only"] is True
+    assert seen["mount"] == {"name": "models", "mount_path": "/models", "read_only": True}
+    wait = seen["wait"]
+    assert f"test -s /models/{seen['key']}/conversion.json" in wait["command"][-1]
+    assert wait["volume_mounts"] == [seen["mount"]]
+    assert wait["security_context"]["read_only_root_filesystem"] is True
+
+
+def test_disabling_onnx_removes_the_conversion() -> None:
+    backends = copy.deepcopy(stack_value("prod", "backends"))
+    backends["onnx"] = {"enabled": False}
+    rec = run_stack("prod", {"backends": backends})
+    assert rec.of_type(JOB) == [] and rec.of_type("kubernetes:core/v1:PersistentVolumeClaim") == []
+
+
+def test_gpu_backend_cannot_use_a_cpu_conversion_target() -> None:
+    from infra.config import ConfigError
+
+    backends = _onnx("prod", target="cpu-int4")
+    backends["onnx"]["device"] = "gpu"
+    with pytest.raises(ConfigError, match=r"backends\.onnx\.conversion\.target: cpu-int4 does not run on device gpu"):
+        run_stack("prod", {"backends": backends})
+
+
+def test_vm_runs_the_conversion_once_before_the_server() -> None:
+    vm = run_stack("dev").one("azure-native:compute:VirtualMachine").plain
+    document = yaml.safe_load(base64.b64decode(vm["osProfile"]["customData"]).decode())
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    compose = yaml.safe_load(files["/opt/slm-serving/compose.yaml"])
+    service = compose["services"]["convert"]
+    key = conversion_spec(ConversionConfig(), "cpu-int4").key()
+    assert service["restart"] == "no"
+    assert service["command"][service["command"].index("--out") + 1] == f"/models/{key}"
+    assert service["image"].startswith("slmdev.azurecr.io/slm-serving/converter:")
+    assert service["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf_token"
+    assert compose["secrets"]["hf_token"]["file"] == "/run/slm-serving/secrets/hf_token"
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    assert "slmdev.azurecr.io" in files["/usr/local/sbin/slm-registry-login"]
