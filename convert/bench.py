@@ -66,7 +66,8 @@ def main() -> None:
             f"source {_size(source) / 2**20:.1f} MiB"
         )
         print(
-            f"{'method':8} {'target':9} {'wall s':>7} {'size MiB':>9} {'vs fp32':>8} {'load s':>7} {'top-1':>7} {'max |dlogit|':>13}"
+            f"{'method':8} {'target':9} {'wall s':>7} {'size MiB':>9} {'vs fp32':>8} "
+            f"{'load s':>7} {'top-1':>7} {'max |dlogit|':>13}"
         )
         for method, target, wall, size, load, comparison in rows:
             print(
