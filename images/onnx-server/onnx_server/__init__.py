@@ -1,0 +1,1 @@
+"""An OpenAI-compatible server for onnxruntime-genai models (`python -m onnx_server --model DIR`)."""

@@ -1,0 +1,41 @@
+"""`python -m onnx_server --model DIR [--host H --port P] [--api-key-file F]` (also the image's entry point)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from onnx_server import logs, settings
+from onnx_server.app import create_app
+from onnx_server.metrics import Metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = settings.parse(argv)
+    logs.configure()
+    if not (config.model / "genai_config.json").is_file():
+        print(f"error: {config.model} is not an onnxruntime-genai model folder (no genai_config.json)", file=sys.stderr)
+        return 2
+    metrics = Metrics(config.served_model_name or config.model.resolve().name)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+    app = create_app(config, metrics)
+    logging.getLogger("onnx_server").info(
+        "starting", extra={"host": config.host, "port": config.port, "auth": not config.allow_unauthenticated}
+    )
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(config.graceful_shutdown_seconds),
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

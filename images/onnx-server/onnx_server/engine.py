@@ -1,0 +1,336 @@
+"""The decoding engine: one thread owns the model (onnxruntime-genai is not thread-safe) and decodes
+admitted requests in batches, so concurrent requests share forward passes.
+
+A batch forms from the requests waiting when the engine is free (plus any that arrive within
+`batch_wait_ms`) and that can share sampling settings; it runs until every member has finished or
+gone away. On CPU this beats onnxruntime-genai's Engine API, whose capacity there is 4 requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_server.cpus import available_cpus
+from onnx_server.genai import genai
+from onnx_server.metrics import Metrics
+
+log = logging.getLogger("onnx_server.engine")
+
+
+class Overloaded(Exception):
+    """The admission queue is full."""
+
+
+class NotReady(Exception):
+    """The model is still loading."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    guidance: tuple[str, str] | None = None  # (type, data) for onnxruntime-genai guidance
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def shares_batch_with(self, other: Sampling) -> bool:
+        # A seed promises a reproducible sequence and guidance constrains one sequence: alone.
+        return self == other and self.seed is None and self.guidance is None
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "delta", "done", "error"
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    status: int = 0
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: str
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: list[str]
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.perf_counter)
+    # Engine-thread state.
+    generated: int = 0
+    finished: str = ""
+    held: str = ""
+    stream: Any = None
+    last_token_at: float = 0.0
+
+    def emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def events_until_done(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.events.get()
+            yield event
+            if event.kind in ("done", "error"):
+                return
+
+
+class Engine:
+    def __init__(
+        self,
+        model_dir: Path,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        max_waiting: int,
+        batch_wait_ms: float,
+        threads: int,
+    ) -> None:
+        self.model_dir = model_dir
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.batch_wait = batch_wait_ms / 1000
+        self.threads = threads or available_cpus()
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.context_length = 0
+        self.eos_ids: frozenset[int] = frozenset()
+        self._og: Any = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._deferred: deque[Job] = deque()
+        self._admission = threading.Lock()
+        self._waiting = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _load(self) -> None:
+        og = genai()
+        config = og.Config(str(self.model_dir))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}))
+        self._model = og.Model(config)
+        self._tokenizer = og.Tokenizer(self._model)
+        self._og = og
+        genai_config = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
+        self.context_length = int(genai_config["context_length"])
+        eos = genai_config.get("eos_token_id", [])
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        log.info("model loaded", extra={"model": str(self.model_dir), "threads": self.threads})
+        self.ready.set()
+
+    # --- request side (event loop threads) --------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        with self._tokenizer_lock:
+            return [int(t) for t in self._tokenizer.encode(text)]
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def submit(self, job: Job) -> None:
+        if not self.ready.is_set():
+            raise NotReady
+        with self._admission:
+            if self._waiting >= self.max_waiting:
+                raise Overloaded
+            self._waiting += 1
+            self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
+        self._queue.put(job)
+
+    # --- engine thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except Exception as error:  # noqa: BLE001 (reported by /ready and the logs; the process stays up)
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.error("model failed to load", extra={"error": self.load_error})
+            return
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._decode(batch)
+            except Exception as error:  # noqa: BLE001 (one failed batch must not stop the server)
+                log.exception("decoding failed")
+                for job in batch:
+                    if not job.finished:
+                        job.finished = "error"
+                        job.emit(Event("error", text=f"generation failed: {type(error).__name__}", status=500))
+            finally:
+                self.metrics.running.labels(self.metrics.model).set(0)
+
+    def _take(self, timeout: float) -> Job | None:
+        if self._deferred:
+            return self._deferred.popleft()
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _next_batch(self) -> list[Job]:
+        first = self._take(0.1)
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.perf_counter() + self.batch_wait
+        skipped: list[Job] = []
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            candidate = self._take(max(remaining, 0.0)) if remaining > 0 or not self._queue.empty() else None
+            if candidate is None:
+                break
+            (batch if candidate.sampling.shares_batch_with(first.sampling) else skipped).append(candidate)
+        self._deferred.extendleft(reversed(skipped))
+        with self._admission:
+            self._waiting -= len(batch)
+            self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
+        live = [job for job in batch if not job.cancelled.is_set()]
+        for job in batch:
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+        return live
+
+    def _params(self, batch: list[Job]) -> Any:
+        sampling = batch[0].sampling
+        max_length = min(self.context_length, max(len(j.prompt_ids) + j.max_tokens for j in batch))
+        options: dict[str, Any] = {"max_length": max_length, "batch_size": len(batch)}
+        if sampling.greedy:
+            options["do_sample"] = False
+        else:
+            options |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+            if sampling.top_k:
+                options["top_k"] = sampling.top_k
+        if sampling.seed is not None:
+            options["random_seed"] = sampling.seed
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(**options)
+        if sampling.guidance is not None:
+            params.set_guidance(*sampling.guidance)
+        return params
+
+    def _decode(self, batch: list[Job]) -> None:
+        og = self._og
+        metrics, model = self.metrics, self.metrics.model
+        metrics.batch_size.labels(model).observe(len(batch))
+        metrics.running.labels(model).set(len(batch))
+        try:
+            generator = og.Generator(self._model, self._params(batch))
+        except RuntimeError as error:
+            if batch[0].sampling.guidance is None:
+                raise
+            # Guidance jobs run alone: a schema the runtime rejects is the client's to fix.
+            for job in batch:
+                job.finished = "error"
+                job.emit(Event("error", text=f"response_format is not supported here: {error}", status=400))
+            return
+        if len(batch) == 1:
+            generator.append_tokens(np.asarray(batch[0].prompt_ids, dtype=np.int32))
+        else:
+            with self._tokenizer_lock:
+                padded = self._tokenizer.encode_batch([job.prompt for job in batch])
+            generator.append_tokens(padded)
+        for job in batch:
+            job.stream = self._tokenizer.create_stream()
+            metrics.prompt_tokens.labels(model).inc(len(job.prompt_ids))
+        active = len(batch)
+        while active and not generator.is_done() and not self._all_gone(batch):
+            generator.generate_next_token()
+            tokens = generator.get_next_tokens()
+            now = time.perf_counter()
+            for index, job in enumerate(batch):
+                if not job.finished:
+                    self._step(job, int(tokens[index]), now)
+            active = sum(1 for job in batch if not job.finished)
+            metrics.running.labels(model).set(active)
+        for job in batch:
+            if not job.finished:
+                self._finish(job, "cancelled" if job.cancelled.is_set() else "length")
+
+    @staticmethod
+    def _all_gone(batch: list[Job]) -> bool:
+        return all(job.finished or job.cancelled.is_set() for job in batch)
+
+    def _step(self, job: Job, token: int, now: float) -> None:
+        metrics, model = self.metrics, self.metrics.model
+        if job.cancelled.is_set():
+            self._finish(job, "cancelled")
+            return
+        if token in self.eos_ids:
+            self._finish(job, "stop")
+            return
+        job.generated += 1
+        metrics.generation_tokens.labels(model).inc()
+        if job.generated == 1:
+            metrics.ttft.labels(model).observe(now - job.created)
+        else:
+            metrics.itl.labels(model).observe(now - job.last_token_at)
+        job.last_token_at = now
+        job.held += job.stream.decode(token)
+        if self._emit_until_stop(job):
+            self._finish(job, "stop")
+        elif job.generated >= job.max_tokens:
+            self._finish(job, "length")
+        elif now > job.deadline:
+            job.finished = "timeout"
+            job.emit(Event("error", text="the request timed out", status=504))
+
+    @staticmethod
+    def _emit_until_stop(job: Job) -> bool:
+        """Send what can no longer become part of a stop sequence; True when a stop sequence ended it."""
+        for stop in job.stop:
+            at = job.held.find(stop)
+            if at >= 0:
+                if at:
+                    job.emit(Event("delta", text=job.held[:at]))
+                job.held = ""
+                return True
+        keep = max((len(s) - 1 for s in job.stop), default=0)
+        cut = len(job.held) - keep
+        if cut > 0:
+            job.emit(Event("delta", text=job.held[:cut]))
+            job.held = job.held[cut:]
+        return False
+
+    def _finish(self, job: Job, reason: str) -> None:
+        job.finished = reason
+        if reason == "cancelled":
+            return
+        if job.held:
+            job.emit(Event("delta", text=job.held))
+            job.held = ""
+        self.metrics.e2e.labels(self.metrics.model).observe(time.perf_counter() - job.created)
+        self.metrics.request_success.labels(self.metrics.model, reason).inc()
+        job.emit(Event("done", finish_reason=reason, completion_tokens=job.generated))

@@ -1,0 +1,39 @@
+"""Prometheus metrics named after vLLM's (README: metric mapping), so one set of dashboards,
+alerts and autoscaling triggers fits both backends."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+_TOKEN_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["model_name"]
+        r = self.registry
+        self.running = Gauge("vllm:num_requests_running", "Requests being decoded.", labels, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests admitted and waiting.", labels, registry=r)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", labels, buckets=_LATENCY, registry=r
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Time between output tokens.", labels, buckets=_TOKEN_LATENCY, registry=r
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", labels, buckets=_LATENCY, registry=r
+        )
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", labels, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated.", labels, registry=r)
+        self.request_success = Counter(
+            "vllm:request_success", "Finished requests by finish reason.", [*labels, "finished_reason"], registry=r
+        )
+        self.requests = Counter(
+            "onnx_server_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+        )
+        self.batch_size = Histogram(
+            "onnx_server_batch_size", "Sequences per decoding batch.", labels, buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.model = model_name
+        for gauge in (self.running, self.waiting):
+            gauge.labels(model_name).set(0)

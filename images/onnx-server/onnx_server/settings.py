@@ -1,0 +1,111 @@
+"""Server settings: every flag can also be set by an environment variable ONNX_SERVER_<FLAG>."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "ONNX_SERVER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    api_keys: tuple[str, ...] = ()
+    allow_unauthenticated: bool = False
+    metrics_port: int = 0  # 0: /metrics on the API port (open)
+    max_batch: int = 16  # sequences sharing one forward pass
+    max_waiting: int = 64  # admitted but not yet running; beyond: 429
+    batch_wait_ms: float = 2.0  # how long a new batch waits for simultaneous arrivals
+    request_timeout: float = 600.0
+    max_body_bytes: int = 1 << 20
+    threads: int = 0  # 0: the CPUs this process may use
+    log_prompts: bool = False
+    graceful_shutdown_seconds: float = 30.0
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _read_keys(path: str | None) -> tuple[str, ...]:
+    keys: list[str] = []
+    if path:
+        for line in Path(path).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(line)
+    env_keys = os.environ.get(ENV_PREFIX + "API_KEYS", "")
+    keys += [k.strip() for k in env_keys.split(",") if k.strip()]
+    return tuple(dict.fromkeys(keys))
+
+
+def parse(argv: list[str] | None = None) -> Settings:
+    d = Settings(model=Path())
+    parser = argparse.ArgumentParser(
+        prog="python -m onnx_server",
+        description="OpenAI-compatible server for an onnxruntime-genai model. "
+        f"Every flag can be set by an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT).",
+    )
+
+    def add(flag: str, kind: type, default: object, help_text: str) -> None:
+        env = _env(flag)
+        value = kind(env) if env is not None else default
+        parser.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} (default {default})")
+
+    parser.add_argument("--model", default=_env("model"), required=_env("model") is None, help="model folder")
+    add("host", str, d.host, "address to listen on")
+    add("port", int, d.port, "port to listen on")
+    add("served-model-name", str, None, "name clients use in `model` (default: the folder name)")
+    add("api-key-file", str, None, "file with one API key per line (a mounted Secret)")
+    add("metrics-port", int, d.metrics_port, "separate port for /metrics; 0 serves it on the API port")
+    add("max-batch", int, d.max_batch, "requests decoded together in one batch")
+    add("max-waiting", int, d.max_waiting, "queued requests before new ones get 429")
+    add("batch-wait-ms", float, d.batch_wait_ms, "how long a new batch waits for simultaneous requests")
+    add("request-timeout", float, d.request_timeout, "seconds before a request is abandoned")
+    add("max-body-bytes", int, d.max_body_bytes, "largest request body")
+    add("threads", int, d.threads, "intra-op threads; 0 sizes from the CPUs available")
+    add("graceful-shutdown-seconds", float, d.graceful_shutdown_seconds, "drain time on SIGTERM")
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=(_env("allow-unauthenticated") or "").lower() in {"1", "true", "yes"},
+        help="serve without API keys (refused otherwise)",
+    )
+    parser.add_argument(
+        "--log-prompts",
+        action="store_true",
+        default=(_env("log-prompts") or "").lower() in {"1", "true", "yes"},
+        help="include prompt text in logs",
+    )
+    args = parser.parse_args(argv)
+    keys = _read_keys(args.api_key_file)
+    if not keys and not args.allow_unauthenticated:
+        parser.error(
+            f"no API keys: use --api-key-file PATH or {ENV_PREFIX}API_KEYS, or --allow-unauthenticated explicitly"
+        )
+    for flag in ("port", "max_batch", "max_waiting"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return Settings(
+        model=Path(args.model),
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        api_keys=keys,
+        allow_unauthenticated=args.allow_unauthenticated,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        max_waiting=args.max_waiting,
+        batch_wait_ms=args.batch_wait_ms,
+        request_timeout=args.request_timeout,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        log_prompts=args.log_prompts,
+        graceful_shutdown_seconds=args.graceful_shutdown_seconds,
+    )
