@@ -69,3 +69,24 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from convert.tiny_model import build
 
     return build(tmp_path_factory.mktemp("tiny") / "phi3-tiny")
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model converted to cpu-int4, with a long context so a generation can be made to last."""
+    import subprocess
+    import sys
+
+    from convert.tiny_model import TinySpec, build
+
+    root = tmp_path_factory.mktemp("served")
+    source = build(root / "source", TinySpec(context=8192))
+    out = root / "phi3-tiny-int4"
+    result = subprocess.run(
+        [sys.executable, "-m", "convert", "--model", str(source), "--method", "builder", "--out", str(out), "--no-compare"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out

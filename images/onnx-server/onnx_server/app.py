@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onnx_server import schemas
 from onnx_server.chat import ChatTemplate, TemplateFailure, load_template, parse_tool_calls
@@ -27,6 +28,7 @@ from onnx_server.settings import Settings
 
 log = logging.getLogger("onnx_server.api")
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
+KNOWN_PATHS = OPEN_PATHS | {"/v1/models", "/v1/chat/completions", "/v1/completions"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 429, 503, 504)
 }
@@ -34,7 +36,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
@@ -67,7 +74,12 @@ class Service:
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
-            raise ApiError(404, f"model {name!r} does not exist; this server serves {self.model_name!r}", code="model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"model {name!r} does not exist; this server serves {self.model_name!r}",
+                code="model_not_found",
+                param="model",
+            )
 
     def budget(self, prompt_ids: list[int], requested: int | None) -> int:
         """max_tokens for a prompt, or a 400 when the two do not fit the context."""
@@ -118,6 +130,94 @@ def _guidance(response_format: schemas.ResponseFormat | None) -> tuple[str, str]
     return ("json_schema", json.dumps(response_format.json_schema.schema_ or {"type": "object"}))
 
 
+class Guard:
+    """Pure ASGI middleware (so routes still see client disconnects): API keys, body size and shape,
+    request metrics and one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        rejection, receive = await self._check(scope, receive)
+        if rejection is not None:
+            await rejection(scope, receive, send_recording)
+        else:
+            await self.app(scope, receive, send_recording)
+        path = scope["path"]
+        self.service.metrics.requests.labels(path if path in KNOWN_PATHS else "other", str(status["code"])).inc()
+        elapsed = round((time.perf_counter() - started) * 1000, 1)
+        log.info("request", extra={"path": path, "status": status["code"], "ms": elapsed})
+
+    async def _check(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
+        settings = self.service.settings
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        path = scope["path"]
+        if (
+            path not in OPEN_PATHS
+            and not settings.allow_unauthenticated
+            and not _authorized(headers, settings.api_keys)
+        ):
+            message = "missing or invalid API key (Authorization: Bearer <key>)"
+            return _error(401, message, "authentication_error", code="invalid_api_key"), receive
+        limit = settings.max_body_bytes
+        too_large = _error(413, f"the body is larger than {limit} bytes", "invalid_request_error")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return too_large, receive
+        if scope["method"] != "POST" or not path.startswith("/v1/"):
+            return None, receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return _error(400, "the client went away", "invalid_request_error"), receive
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return too_large, receive
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if not body.lstrip().startswith(b"{"):
+            return _error(400, "the body must be a JSON object", "invalid_request_error", code="invalid_json"), receive
+        # The body is JSON whatever the client labelled it (curl -d says form-urlencoded).
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        scope["headers"].append((b"content-type", b"application/json"))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the real channel: disconnects reach the route
+
+        return None, replay
+
+
+def _authorized(headers: dict[str, str], keys: tuple[str, ...]) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    presented = token.strip().encode()
+    # Compare with every key, in constant time per key, so timing reveals nothing.
+    matches = [hmac.compare_digest(presented, key.encode()) for key in keys]
+    return any(matches)
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     model_name = settings.served_model_name or settings.model.resolve().name
     service = Service(settings, metrics or Metrics(model_name))
@@ -153,45 +253,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return _error(error.status_code, str(error.detail), kind)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        path = request.url.path
-        response = await _guarded(request, call_next, path)
-        endpoint = path if path in {r.path for r in app.routes if hasattr(r, "path")} else "other"  # type: ignore[attr-defined]
-        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        log.info(
-            "request",
-            extra={"path": path, "status": response.status_code, "ms": round((time.perf_counter() - started) * 1000, 1)},
-        )
-        return response
-
-    async def _guarded(request: Request, call_next: Callable[[Request], Awaitable[Response]], path: str) -> Response:
-        if path not in OPEN_PATHS and not service.settings.allow_unauthenticated and not _authorized(request):
-            return _error(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error", code="invalid_api_key")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > service.settings.max_body_bytes):
-            return _error(413, f"the body is larger than {service.settings.max_body_bytes} bytes", "invalid_request_error")
-        if request.method == "POST" and path.startswith("/v1/"):
-            body = await request.body()  # cached by Starlette for the route
-            if len(body) > service.settings.max_body_bytes:
-                return _error(413, f"the body is larger than {service.settings.max_body_bytes} bytes", "invalid_request_error")
-            if not body.lstrip().startswith(b"{"):
-                return _error(400, "the body must be a JSON object", "invalid_request_error", code="invalid_json")
-            # The body is JSON whatever the client labelled it (curl -d says form-urlencoded).
-            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-            request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-        return await call_next(request)
-
-    def _authorized(request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        presented = token.strip().encode()
-        # Compare with every key, in constant time per key, so timing reveals nothing.
-        matches = [hmac.compare_digest(presented, key.encode()) for key in service.settings.api_keys]
-        return any(matches)
+    app.add_middleware(Guard, service=service)
 
     @app.get("/health", response_model=schemas.Health)
     async def health() -> schemas.Health:
@@ -216,42 +278,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion)
     async def chat(body: schemas.ChatCompletionRequest, request: Request) -> Any:
-        _common_checks(service, body)
-        if body.response_format is not None and body.response_format.type != "text" and body.tools:
-            raise ApiError(400, "response_format and tools cannot be combined", param="response_format")
-        tools = None
-        if body.tools and body.tool_choice != "none":
-            tools = [tool.model_dump(exclude_none=True) for tool in body.tools]
-        messages = [_message_dict(m) for m in body.messages]
-        try:
-            prompt = service.template.render(messages, tools)
-        except TemplateFailure as error:
-            raise ApiError(400, str(error), param="messages") from None
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        job = _job(service, request, prompt, max_tokens, body, _guidance(body.response_format))
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(job, request, _chat_chunks(service, job, completion_id, include_usage, bool(tools)))
-        text, reason, completion_tokens = await _collect(job, request)
-        content, calls = parse_tool_calls(text) if tools else (text, [])
-        finish = "tool_calls" if calls else reason
-        message = schemas.ResponseMessage(
-            content=content or (None if calls else ""),
-            tool_calls=[schemas.ToolCall.model_validate(c) for c in calls] or None,
-        )
-        return schemas.ChatCompletion(
-            id=completion_id,
-            created=int(time.time()),
-            model=service.model_name,
-            choices=[schemas.ChatChoice(index=0, message=message, finish_reason=finish)],  # type: ignore[arg-type]
-            usage=_usage(job, completion_tokens),
-        )
+        return await _chat(service, body, request)
 
     @app.post("/v1/completions", response_model=schemas.Completion)
     async def completions(body: schemas.CompletionRequest, request: Request) -> Any:
         _common_checks(service, body)
-        job = _job(service, request, body.prompt_text(), body.max_tokens, body, None)
+        job = _job(service, request, body.prompt_text(), max_tokens=body.max_tokens, body=body, guidance=None)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -266,6 +298,40 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
 
     return app
+
+
+async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: Request) -> Any:
+    _common_checks(service, body)
+    if body.response_format is not None and body.response_format.type != "text" and body.tools:
+        raise ApiError(400, "response_format and tools cannot be combined", param="response_format")
+    tools = None
+    if body.tools and body.tool_choice != "none":
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools]
+    messages = [_message_dict(m) for m in body.messages]
+    try:
+        prompt = service.template.render(messages, tools)
+    except TemplateFailure as error:
+        raise ApiError(400, str(error), param="messages") from None
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    job = _job(service, request, prompt, max_tokens=max_tokens, body=body, guidance=_guidance(body.response_format))
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(job, request, _chat_chunks(service, job, completion_id, include_usage, bool(tools)))
+    text, reason, completion_tokens = await _collect(job, request)
+    content, calls = parse_tool_calls(text) if tools else (text, [])
+    finish = "tool_calls" if calls else reason
+    message = schemas.ResponseMessage(
+        content=content or (None if calls else ""),
+        tool_calls=[schemas.ToolCall.model_validate(c) for c in calls] or None,
+    )
+    return schemas.ChatCompletion(
+        id=completion_id,
+        created=int(time.time()),
+        model=service.model_name,
+        choices=[schemas.ChatChoice(index=0, message=message, finish_reason=finish)],  # type: ignore[arg-type]
+        usage=_usage(job, completion_tokens),
+    )
 
 
 def _message_dict(message: schemas.Message) -> dict[str, Any]:
@@ -285,13 +351,24 @@ def _common_checks(service: Service, body: schemas._Sampling) -> None:
     if unsupported == "n":
         raise ApiError(400, "only n=1 is supported", param="n", code="unsupported_parameter")
     if unsupported:
-        raise ApiError(400, f"parameter {unsupported!r} is not supported by this server", param=unsupported, code="unsupported_parameter")
+        raise ApiError(
+            400,
+            f"parameter {unsupported!r} is not supported by this server",
+            param=unsupported,
+            code="unsupported_parameter",
+        )
     if not service.engine.ready.is_set():
         raise ApiError(503, "the model is loading; retry shortly", "service_unavailable")
 
 
 def _job(
-    service: Service, request: Request, prompt: str, max_tokens: int | None, body: schemas._Sampling, guidance: tuple[str, str] | None
+    service: Service,
+    request: Request,
+    prompt: str,
+    *,
+    max_tokens: int | None,
+    body: schemas._Sampling,
+    guidance: tuple[str, str] | None,
 ) -> Job:
     prompt_ids = service.engine.encode(prompt)
     job = Job(
@@ -338,6 +415,8 @@ async def _collect(job: Job, request: Request) -> tuple[str, str, int]:
                 parts.append(event.text)
             elif event.kind == "error":
                 raise ApiError(event.status, event.text, _error_kind(event.status))
+            elif event.kind == "cancelled":
+                raise ApiError(499, "the client closed the request", "invalid_request_error")
             else:
                 return "".join(parts), event.finish_reason, event.completion_tokens
     finally:
@@ -369,11 +448,19 @@ def _stream(job: Job, request: Request, chunks: AsyncIterator[bytes]) -> Streami
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _chat_chunks(service: Service, job: Job, completion_id: str, include_usage: bool, tools: bool) -> AsyncIterator[bytes]:
+async def _chat_chunks(
+    service: Service, job: Job, completion_id: str, include_usage: bool, tools: bool
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": service.model_name}
     usage_field = {"usage": None} if include_usage else {}
-    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], **usage_field})
+    yield _sse(
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            **usage_field,
+        }
+    )
     # With tools the answer is parsed whole (a tool call is not streamable as text).
     text: list[str] = []
     async for event in job.events_until_done():
@@ -381,9 +468,17 @@ async def _chat_chunks(service: Service, job: Job, completion_id: str, include_u
             if tools:
                 text.append(event.text)
             else:
-                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}], **usage_field})
+                yield _sse(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}],
+                        **usage_field,
+                    }
+                )
         elif event.kind == "error":
             yield _sse({"error": {"message": event.text, "type": _error_kind(event.status)}})
+            return
+        elif event.kind == "cancelled":
             return
         else:
             finish = event.finish_reason
@@ -399,7 +494,9 @@ async def _chat_chunks(service: Service, job: Job, completion_id: str, include_u
                 yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
 
 
-async def _completion_chunks(service: Service, job: Job, completion_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+async def _completion_chunks(
+    service: Service, job: Job, completion_id: str, include_usage: bool
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     base = {"id": completion_id, "object": "text_completion", "created": created, "model": service.model_name}
     usage_field = {"usage": None} if include_usage else {}
@@ -409,8 +506,12 @@ async def _completion_chunks(service: Service, job: Job, completion_id: str, inc
         elif event.kind == "error":
             yield _sse({"error": {"message": event.text, "type": _error_kind(event.status)}})
             return
+        elif event.kind == "cancelled":
+            return
         else:
-            yield _sse({**base, "choices": [{"index": 0, "text": "", "finish_reason": event.finish_reason}], **usage_field})
+            yield _sse(
+                {**base, "choices": [{"index": 0, "text": "", "finish_reason": event.finish_reason}], **usage_field}
+            )
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
 

@@ -56,7 +56,7 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "delta", "done", "error"
+    kind: str  # "delta", "done", "error", "cancelled"
     text: str = ""
     finish_reason: str = ""
     completion_tokens: int = 0
@@ -89,7 +89,7 @@ class Job:
         while True:
             event = await self.events.get()
             yield event
-            if event.kind in ("done", "error"):
+            if event.kind in ("done", "error", "cancelled"):
                 return
 
 
@@ -173,7 +173,7 @@ class Engine:
     def _run(self) -> None:
         try:
             self._load()
-        except Exception as error:  # noqa: BLE001 (reported by /ready and the logs; the process stays up)
+        except Exception as error:  # reported by /ready and the logs; the process stays up
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model failed to load", extra={"error": self.load_error})
             return
@@ -183,7 +183,7 @@ class Engine:
                 continue
             try:
                 self._decode(batch)
-            except Exception as error:  # noqa: BLE001 (one failed batch must not stop the server)
+            except Exception as error:  # one failed batch must not stop the server
                 log.exception("decoding failed")
                 for job in batch:
                     if not job.finished:
@@ -327,6 +327,8 @@ class Engine:
     def _finish(self, job: Job, reason: str) -> None:
         job.finished = reason
         if reason == "cancelled":
+            # Whoever still waits (a handler whose client left) must stop waiting.
+            job.emit(Event("cancelled"))
             return
         if job.held:
             job.emit(Event("delta", text=job.held))

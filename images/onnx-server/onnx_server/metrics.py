@@ -18,7 +18,11 @@ class Metrics:
             "vllm:time_to_first_token_seconds", "Time to first token.", labels, buckets=_LATENCY, registry=r
         )
         self.itl = Histogram(
-            "vllm:inter_token_latency_seconds", "Time between output tokens.", labels, buckets=_TOKEN_LATENCY, registry=r
+            "vllm:inter_token_latency_seconds",
+            "Time between output tokens.",
+            labels,
+            buckets=_TOKEN_LATENCY,
+            registry=r,
         )
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds", "End-to-end request latency.", labels, buckets=_LATENCY, registry=r
@@ -32,7 +36,11 @@ class Metrics:
             "onnx_server_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
         )
         self.batch_size = Histogram(
-            "onnx_server_batch_size", "Sequences per decoding batch.", labels, buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+            "onnx_server_batch_size",
+            "Sequences per decoding batch.",
+            labels,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
         )
         self.model = model_name
         for gauge in (self.running, self.waiting):

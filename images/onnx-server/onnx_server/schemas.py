@@ -8,7 +8,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # OpenAI parameters we know and do not implement: a request that sets them gets a clear 400.
-UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "best_of", "echo", "suffix")
+UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "best_of",
+    "echo",
+    "suffix",
+)
 
 
 class _Strict(BaseModel):

@@ -36,10 +36,10 @@ def _env(name: str, default: str | None = None) -> str | None:
 def _read_keys(path: str | None) -> tuple[str, ...]:
     keys: list[str] = []
     if path:
-        for line in Path(path).read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                keys.append(line)
+        for raw in Path(path).read_text().splitlines():
+            key = raw.strip()
+            if key and not key.startswith("#"):
+                keys.append(key)
     env_keys = os.environ.get(ENV_PREFIX + "API_KEYS", "")
     keys += [k.strip() for k in env_keys.split(",") if k.strip()]
     return tuple(dict.fromkeys(keys))

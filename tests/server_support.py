@@ -1,0 +1,67 @@
+"""Start the real ONNX server as a process on 127.0.0.1 and talk to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infra.recording import PROJECT_ROOT
+
+SERVER_PATH = PROJECT_ROOT / "images" / "onnx-server"
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, model: Path, *extra: str, env: dict[str, str] | None = None, ready: bool = True) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"onnx-server-{self.port}.log"
+        environment = {**os.environ, "PYTHONPATH": str(SERVER_PATH), "ONNX_SERVER_API_KEYS": API_KEY, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "onnx_server", "--model", str(model), "--port", str(self.port), *extra],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+        )
+        self._wait("/ready" if ready else "/health")
+
+    def _wait(self, path: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.base + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not up on {path}: {self.log.read_text()[-2000:]}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
+        kwargs.setdefault("timeout", 60)
+        return httpx.post(self.base + path, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
