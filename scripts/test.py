@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -42,7 +43,26 @@ def ensure_venv(name: str, lock: str) -> Path:
     return env
 
 
+def ensure_debian_packages() -> None:
+    """promtool and the Prometheus server (tests scrape the real ONNX server); root only."""
+    if shutil.which("promtool") and shutil.which("prometheus"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("[test] prometheus not installed and not root: its tests will skip", flush=True)
+        return
+    print("[test] installing Debian package prometheus", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, **quiet)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=False, env=env, **quiet
+    )
+    if result.returncode != 0:
+        print("[test] apt-get could not install prometheus: its tests will skip", flush=True)
+
+
 def main() -> int:
+    ensure_debian_packages()
     envs = {name: ensure_venv(name, lock) for name, lock in ENVIRONMENTS.items()}
     env = dict(os.environ)
     env["SLM_CHECKOV"] = str(envs[".venv-checkov"] / "bin" / "checkov")

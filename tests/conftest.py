@@ -90,3 +90,20 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int4(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model (512-token context) converted to cpu-int4 with the builder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tiny-int4") / "phi3-tiny-int4"
+    result = subprocess.run(
+        [sys.executable, "-m", "convert", "--model", str(tiny_source), "--method", "builder", "--out", str(out), "--no-compare"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out

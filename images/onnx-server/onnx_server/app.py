@@ -28,6 +28,21 @@ from onnx_server.settings import Settings
 
 log = logging.getLogger("onnx_server.api")
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json"}
+# With "stream": true the answer is server-sent events.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "description": "one server-sent event: data is a chunk as JSON, the last one [DONE]",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                }
+            }
+        }
+    }
+}
 KNOWN_PATHS = OPEN_PATHS | {"/v1/models", "/v1/chat/completions", "/v1/completions"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 429, 503, 504)
@@ -84,6 +99,8 @@ class Service:
     def budget(self, prompt_ids: list[int], requested: int | None) -> int:
         """max_tokens for a prompt, or a 400 when the two do not fit the context."""
         context = self.engine.context_length
+        if not prompt_ids:
+            raise ApiError(400, "the prompt is empty", param="prompt", code="empty_prompt")
         if len(prompt_ids) >= context:
             raise ApiError(
                 400,
@@ -99,7 +116,7 @@ class Service:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return requested if requested is not None else room
+        return requested if requested is not None else min(room, self.settings.default_max_tokens)
 
 
 def _special_tokens(model_dir: Any) -> dict[str, str]:
@@ -218,6 +235,21 @@ def _authorized(headers: dict[str, str], keys: tuple[str, ...]) -> bool:
     return any(matches)
 
 
+def _document_model_name(app: FastAPI, name: str) -> None:
+    """The OpenAPI document names the one valid `model` value (clients and fuzzers see it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for schema in ("ChatCompletionRequest", "CompletionRequest"):
+                document["components"]["schemas"][schema]["properties"]["model"]["enum"] = [name]
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     model_name = settings.served_model_name or settings.model.resolve().name
     service = Service(settings, metrics or Metrics(model_name))
@@ -231,6 +263,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     app = FastAPI(title="onnx-server", version="1.0.0", lifespan=lifespan, responses=ERRORS)
     app.state.service = service
+    _document_model_name(app, service.model_name)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -276,11 +309,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def models() -> schemas.ModelList:
         return schemas.ModelList(data=[schemas.ModelCard(id=service.model_name, created=service.created)])
 
-    @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion)
+    @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion, responses=STREAMED)
     async def chat(body: schemas.ChatCompletionRequest, request: Request) -> Any:
         return await _chat(service, body, request)
 
-    @app.post("/v1/completions", response_model=schemas.Completion)
+    @app.post("/v1/completions", response_model=schemas.Completion, responses=STREAMED)
     async def completions(body: schemas.CompletionRequest, request: Request) -> Any:
         _common_checks(service, body)
         job = _job(service, request, body.prompt_text(), max_tokens=body.max_tokens, body=body, guidance=None)

@@ -23,6 +23,7 @@ class Settings:
     max_waiting: int = 64  # admitted but not yet running; beyond: 429
     batch_wait_ms: float = 2.0  # how long a new batch waits for simultaneous arrivals
     request_timeout: float = 600.0
+    default_max_tokens: int = 1024  # when a request names none (bounded by the context)
     max_body_bytes: int = 1 << 20
     threads: int = 0  # 0: the CPUs this process may use
     log_prompts: bool = False
@@ -68,6 +69,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     add("max-waiting", int, d.max_waiting, "queued requests before new ones get 429")
     add("batch-wait-ms", float, d.batch_wait_ms, "how long a new batch waits for simultaneous requests")
     add("request-timeout", float, d.request_timeout, "seconds before a request is abandoned")
+    add("default-max-tokens", int, d.default_max_tokens, "max_tokens for requests that set none")
     add("max-body-bytes", int, d.max_body_bytes, "largest request body")
     add("threads", int, d.threads, "intra-op threads; 0 sizes from the CPUs available")
     add("graceful-shutdown-seconds", float, d.graceful_shutdown_seconds, "drain time on SIGTERM")
@@ -89,7 +91,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         parser.error(
             f"no API keys: use --api-key-file PATH or {ENV_PREFIX}API_KEYS, or --allow-unauthenticated explicitly"
         )
-    for flag in ("port", "max_batch", "max_waiting"):
+    for flag in ("port", "max_batch", "max_waiting", "default_max_tokens"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     return Settings(
@@ -104,6 +106,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         max_waiting=args.max_waiting,
         batch_wait_ms=args.batch_wait_ms,
         request_timeout=args.request_timeout,
+        default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
         log_prompts=args.log_prompts,
