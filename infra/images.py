@@ -12,6 +12,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Image name -> the paths (relative to the project root) its Dockerfile copies.
 IMAGE_CONTEXTS: dict[str, tuple[str, ...]] = {
     "converter": ("images/converter", "convert"),
+    "onnx-server": ("images/onnx-server",),
 }
 _IGNORED = {"__pycache__", ".pytest_cache"}
 

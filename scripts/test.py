@@ -51,11 +51,15 @@ def ensure_debian_packages() -> None:
         print("[test] prometheus not installed and not root: its tests will skip", flush=True)
         return
     print("[test] installing Debian package prometheus", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, **quiet)
+    quiet = subprocess.DEVNULL
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=quiet, stderr=quiet)
     result = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=False, env=env, **quiet
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+        check=False,
+        env=env,
+        stdout=quiet,
+        stderr=quiet,
     )
     if result.returncode != 0:
         print("[test] apt-get could not install prometheus: its tests will skip", flush=True)

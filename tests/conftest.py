@@ -83,7 +83,18 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = build(root / "source", TinySpec(context=8192))
     out = root / "phi3-tiny-int4"
     result = subprocess.run(
-        [sys.executable, "-m", "convert", "--model", str(source), "--method", "builder", "--out", str(out), "--no-compare"],
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "--model",
+            str(source),
+            "--method",
+            "builder",
+            "--out",
+            str(out),
+            "--no-compare",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -100,7 +111,18 @@ def tiny_int4(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     out = tmp_path_factory.mktemp("tiny-int4") / "phi3-tiny-int4"
     result = subprocess.run(
-        [sys.executable, "-m", "convert", "--model", str(tiny_source), "--method", "builder", "--out", str(out), "--no-compare"],
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "--model",
+            str(tiny_source),
+            "--method",
+            "builder",
+            "--out",
+            str(out),
+            "--no-compare",
+        ],
         capture_output=True,
         text=True,
         check=False,

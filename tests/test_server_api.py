@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -96,7 +97,7 @@ def test_streaming_chat_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_tools_go_through_the_chat_template(client: openai.OpenAI) -> None:
-    tools = [
+    tools: list[Any] = [
         {
             "type": "function",
             "function": {
@@ -106,10 +107,15 @@ def test_tools_go_through_the_chat_template(client: openai.OpenAI) -> None:
             },
         }
     ]
-    messages = [{"role": "user", "content": "weather in paris"}]
-    plain = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    messages: list[Any] = [{"role": "user", "content": "weather in paris"}]
+    plain = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
     with_tools = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=tools, tool_choice="auto", max_tokens=4, temperature=0  # type: ignore[arg-type]
+        model=MODEL,
+        messages=messages,
+        tools=tools,
+        tool_choice="auto",
+        max_tokens=4,
+        temperature=0,
     )
     assert plain.usage is not None and with_tools.usage is not None
     # The template rendered the tool definitions into the prompt.
@@ -139,7 +145,9 @@ def test_json_object_output_is_constrained(client: openai.OpenAI) -> None:
         ({"extra_body": {"frobnicate": 1}}, openai.BadRequestError, "frobnicate"),
     ],
 )
-def test_client_errors_raise_the_right_exception(client: openai.OpenAI, kwargs: dict, exception: type, param: str) -> None:
+def test_client_errors_raise_the_right_exception(
+    client: openai.OpenAI, kwargs: dict, exception: type, param: str
+) -> None:
     arguments = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **kwargs}
     with pytest.raises(exception) as caught:
         client.chat.completions.create(**arguments)
@@ -173,7 +181,9 @@ def test_async_client(server: Server) -> None:
 
 def test_sse_framing(server: Server) -> None:
     body = {"model": MODEL, "prompt": "the", "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", server.base + "/v1/completions", json=body, headers=server.headers, timeout=60) as response:
+    with httpx.stream(
+        "POST", server.base + "/v1/completions", json=body, headers=server.headers, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = b"".join(response.iter_bytes()).decode()

@@ -42,7 +42,9 @@ def _stream_text(base: str, prompt: str, max_tokens: int) -> tuple[str, dict[str
         }
         async with (
             httpx.AsyncClient(timeout=120) as client,
-            client.stream("POST", base + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}) as r,
+            client.stream(
+                "POST", base + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as r,
         ):
             text, usage, finish = "", {}, ""
             async for line in r.aiter_lines():
@@ -63,7 +65,9 @@ def test_sixteen_concurrent_streams_match_their_sequential_answers(server: Serve
     prompts = [f"request {i} about the quick brown fox" for i in range(16)]
     sequential = []
     for prompt in prompts:
-        reply = server.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0})
+        reply = server.post(
+            "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0}
+        )
         sequential.append(reply.json())
 
     async def all_at_once() -> list[tuple[str, dict[str, Any], str]]:
@@ -77,7 +81,9 @@ def test_sixteen_concurrent_streams_match_their_sequential_answers(server: Serve
         if finish == "length":
             assert usage["completion_tokens"] == 24
     metrics = httpx.get(server.base + "/metrics").text
-    batches = [line for line in metrics.splitlines() if line.startswith("onnx_server_batch_size_bucket") and 'le="1.0"' in line]
+    batches = [
+        line for line in metrics.splitlines() if line.startswith("onnx_server_batch_size_bucket") and 'le="1.0"' in line
+    ]
     total = [line for line in metrics.splitlines() if line.startswith("onnx_server_batch_size_count")]
     assert batches and total and float(batches[0].split()[-1]) < float(total[0].split()[-1]), "no request was batched"
 
@@ -89,7 +95,9 @@ def test_queue_overflow_is_429_with_retry_after(served_model: Path) -> None:
         retry_after: list[str] = []
 
         def call() -> None:
-            reply = small.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3000, "temperature": 0})
+            reply = small.post(
+                "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3000, "temperature": 0}
+            )
             statuses.append(reply.status_code)
             if reply.status_code == 429:
                 retry_after.append(reply.headers.get("retry-after", ""))
@@ -133,7 +141,9 @@ def test_non_streaming_disconnect_is_cancelled_too(served_model: Path) -> None:
         with pytest.raises(httpx.ReadTimeout):
             single.post("/v1/completions", json={"model": MODEL, "prompt": "long", "max_tokens": 8000}, timeout=0.5)
         started = time.monotonic()
-        assert single.post("/v1/completions", json={"model": MODEL, "prompt": "next", "max_tokens": 4}).status_code == 200
+        assert (
+            single.post("/v1/completions", json={"model": MODEL, "prompt": "next", "max_tokens": 4}).status_code == 200
+        )
         assert time.monotonic() - started < 5
     finally:
         single.stop()
@@ -144,14 +154,18 @@ def test_shutdown_drains_in_flight_requests(served_model: Path) -> None:
     result: dict[str, Any] = {}
 
     def long_request() -> None:
-        reply = draining.post("/v1/completions", json={"model": MODEL, "prompt": "drain", "max_tokens": 1500, "temperature": 0})
+        reply = draining.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "drain", "max_tokens": 1500, "temperature": 0}
+        )
         result["status"] = reply.status_code
         result["body"] = reply.json()
 
     worker = threading.Thread(target=long_request)
     worker.start()
     deadline = time.monotonic() + 10
-    while "vllm:num_requests_running{model_name=\"phi3-tiny-int4\"} 1.0" not in httpx.get(draining.base + "/metrics").text:
+    while (
+        'vllm:num_requests_running{model_name="phi3-tiny-int4"} 1.0' not in httpx.get(draining.base + "/metrics").text
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     code = draining.stop(signal.SIGTERM, timeout=60)
@@ -165,26 +179,54 @@ BAD_INPUTS = [
     ("malformed json", b'{"model": ', 400),
     ("not an object", b"[1, 2]", 400),
     ("string body", b'"hello"', 400),
-    ("wrong type", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": False}), 400),
-    ("max_tokens string", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}), 400),
+    (
+        "wrong type",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": False}),
+        400,
+    ),
+    (
+        "max_tokens string",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}),
+        400,
+    ),
     ("missing messages", json.dumps({"model": MODEL}), 400),
     ("empty messages", json.dumps({"model": MODEL, "messages": []}), 400),
     ("unknown role", json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}), 400),
     ("unknown model", json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404),
     ("n=3", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}), 400),
-    ("unsupported", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 2}}), 400),
+    (
+        "unsupported",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 2}}),
+        400,
+    ),
     ("unknown param", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "foo": 1}), 400),
     ("prompt too long", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "fox " * 9000}]}), 400),
-    ("max_tokens too big", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 9000}), 400),
-    ("negative max_tokens", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}), 400),
-    ("json_schema without schema", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}), 400),
+    (
+        "max_tokens too big",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 9000}),
+        400,
+    ),
+    (
+        "negative max_tokens",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+        400,
+    ),
+    (
+        "json_schema without schema",
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}
+        ),
+        400,
+    ),
     ("oversize", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}), 413),
 ]
 
 
 @pytest.mark.parametrize(("name", "body", "status"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_a_4xx_with_an_openai_error(server: Server, name: str, body: bytes | str, status: int) -> None:
-    reply = server.post("/v1/chat/completions", content=body, headers={**server.headers, "Content-Type": "application/json"})
+    reply = server.post(
+        "/v1/chat/completions", content=body, headers={**server.headers, "Content-Type": "application/json"}
+    )
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert error["message"] and error["type"] and "Traceback" not in reply.text

@@ -82,15 +82,49 @@ class Job:
     stream: Any = None
     last_token_at: float = 0.0
 
-    def emit(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
     async def events_until_done(self) -> AsyncIterator[Event]:
+        """Events in order; text that piled up while the client was busy comes as one delta."""
+        pending: Event | None = None
         while True:
-            event = await self.events.get()
+            event = pending or await self.events.get()
+            pending = None
+            if event.kind == "delta":
+                texts = [event.text]
+                while not self.events.empty():
+                    following = self.events.get_nowait()
+                    if following.kind != "delta":
+                        pending = following
+                        break
+                    texts.append(following.text)
+                event = Event("delta", text="".join(texts))
             yield event
             if event.kind in ("done", "error", "cancelled"):
                 return
+
+
+class Outbox:
+    """Events produced during one decoding step, handed to the event loop(s) in one wake-up each."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Job, Event]] = []
+
+    def put(self, job: Job, event: Event) -> None:
+        self._items.append((job, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, group in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, group)
+
+
+def _deliver(group: list[tuple[Job, Event]]) -> None:
+    for job, event in group:
+        job.events.put_nowait(event)
 
 
 class Engine:
@@ -123,6 +157,10 @@ class Engine:
         self._admission = threading.Lock()
         self._waiting = 0
         self._stop = threading.Event()
+        self._outbox = Outbox()
+        # Label lookups once, not per token.
+        self._per_token = metrics.for_model()
+        self._last_batch = 1
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -183,13 +221,17 @@ class Engine:
                 continue
             try:
                 self._decode(batch)
+                self._last_batch = len(batch)
             except Exception as error:  # one failed batch must not stop the server
                 log.exception("decoding failed")
                 for job in batch:
                     if not job.finished:
                         job.finished = "error"
-                        job.emit(Event("error", text=f"generation failed: {type(error).__name__}", status=500))
+                        self._outbox.put(
+                            job, Event("error", text=f"generation failed: {type(error).__name__}", status=500)
+                        )
             finally:
+                self._outbox.flush()
                 self.metrics.running.labels(self.metrics.model).set(0)
 
     def _take(self, timeout: float) -> Job | None:
@@ -205,7 +247,9 @@ class Engine:
         if first is None:
             return []
         batch = [first]
-        deadline = time.perf_counter() + self.batch_wait
+        # Wait for simultaneous arrivals only under concurrency: a lone client pays no delay.
+        busy = self._last_batch > 1 or not self._queue.empty()
+        deadline = time.perf_counter() + (self.batch_wait if busy else 0.0)
         skipped: list[Job] = []
         while len(batch) < self.max_batch:
             remaining = deadline - time.perf_counter()
@@ -221,6 +265,7 @@ class Engine:
         for job in batch:
             if job.cancelled.is_set():
                 self._finish(job, "cancelled")
+        self._outbox.flush()
         return live
 
     def _params(self, batch: list[Job]) -> Any:
@@ -254,7 +299,9 @@ class Engine:
             # Guidance jobs run alone: a schema the runtime rejects is the client's to fix.
             for job in batch:
                 job.finished = "error"
-                job.emit(Event("error", text=f"response_format is not supported here: {error}", status=400))
+                self._outbox.put(
+                    job, Event("error", text=f"response_format is not supported here: {error}", status=400)
+                )
             return
         if len(batch) == 1:
             generator.append_tokens(np.asarray(batch[0].prompt_ids, dtype=np.int32))
@@ -273,6 +320,7 @@ class Engine:
             for index, job in enumerate(batch):
                 if not job.finished:
                     self._step(job, int(tokens[index]), now)
+            self._outbox.flush()
             active = sum(1 for job in batch if not job.finished)
             metrics.running.labels(model).set(active)
         for job in batch:
@@ -284,7 +332,6 @@ class Engine:
         return all(job.finished or job.cancelled.is_set() for job in batch)
 
     def _step(self, job: Job, token: int, now: float) -> None:
-        metrics, model = self.metrics, self.metrics.model
         if job.cancelled.is_set():
             self._finish(job, "cancelled")
             return
@@ -292,11 +339,12 @@ class Engine:
             self._finish(job, "stop")
             return
         job.generated += 1
-        metrics.generation_tokens.labels(model).inc()
+        per_token = self._per_token
+        per_token.generation_tokens.inc()
         if job.generated == 1:
-            metrics.ttft.labels(model).observe(now - job.created)
+            per_token.ttft.observe(now - job.created)
         else:
-            metrics.itl.labels(model).observe(now - job.last_token_at)
+            per_token.itl.observe(now - job.last_token_at)
         job.last_token_at = now
         job.held += job.stream.decode(token)
         if self._emit_until_stop(job):
@@ -305,22 +353,21 @@ class Engine:
             self._finish(job, "length")
         elif now > job.deadline:
             job.finished = "timeout"
-            job.emit(Event("error", text="the request timed out", status=504))
+            self._outbox.put(job, Event("error", text="the request timed out", status=504))
 
-    @staticmethod
-    def _emit_until_stop(job: Job) -> bool:
+    def _emit_until_stop(self, job: Job) -> bool:
         """Send what can no longer become part of a stop sequence; True when a stop sequence ended it."""
         for stop in job.stop:
             at = job.held.find(stop)
             if at >= 0:
                 if at:
-                    job.emit(Event("delta", text=job.held[:at]))
+                    self._outbox.put(job, Event("delta", text=job.held[:at]))
                 job.held = ""
                 return True
         keep = max((len(s) - 1 for s in job.stop), default=0)
         cut = len(job.held) - keep
         if cut > 0:
-            job.emit(Event("delta", text=job.held[:cut]))
+            self._outbox.put(job, Event("delta", text=job.held[:cut]))
             job.held = job.held[cut:]
         return False
 
@@ -328,11 +375,11 @@ class Engine:
         job.finished = reason
         if reason == "cancelled":
             # Whoever still waits (a handler whose client left) must stop waiting.
-            job.emit(Event("cancelled"))
+            self._outbox.put(job, Event("cancelled"))
             return
         if job.held:
-            job.emit(Event("delta", text=job.held))
+            self._outbox.put(job, Event("delta", text=job.held))
             job.held = ""
         self.metrics.e2e.labels(self.metrics.model).observe(time.perf_counter() - job.created)
         self.metrics.request_success.labels(self.metrics.model, reason).inc()
-        job.emit(Event("done", finish_reason=reason, completion_tokens=job.generated))
+        self._outbox.put(job, Event("done", finish_reason=reason, completion_tokens=job.generated))

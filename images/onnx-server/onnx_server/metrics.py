@@ -1,6 +1,10 @@
 """Prometheus metrics named after vLLM's (README: metric mapping), so one set of dashboards,
 alerts and autoscaling triggers fits both backends."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
@@ -45,3 +49,19 @@ class Metrics:
         self.model = model_name
         for gauge in (self.running, self.waiting):
             gauge.labels(model_name).set(0)
+
+    def for_model(self) -> PerToken:
+        return PerToken(
+            generation_tokens=self.generation_tokens.labels(self.model),
+            ttft=self.ttft.labels(self.model),
+            itl=self.itl.labels(self.model),
+        )
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """The children updated on every generated token, bound to this server's model label."""
+
+    generation_tokens: Counter
+    ttft: Histogram
+    itl: Histogram

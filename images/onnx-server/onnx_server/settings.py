@@ -21,7 +21,7 @@ class Settings:
     metrics_port: int = 0  # 0: /metrics on the API port (open)
     max_batch: int = 16  # sequences sharing one forward pass
     max_waiting: int = 64  # admitted but not yet running; beyond: 429
-    batch_wait_ms: float = 2.0  # how long a new batch waits for simultaneous arrivals
+    batch_wait_ms: float = 10.0  # under concurrency, how long a new batch waits for more arrivals
     request_timeout: float = 600.0
     default_max_tokens: int = 1024  # when a request names none (bounded by the context)
     max_body_bytes: int = 1 << 20
