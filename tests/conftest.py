@@ -129,3 +129,19 @@ def tiny_int4(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def endless_model(served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served model with no end-of-sequence token: every generation runs to max_tokens, so a test
+    can make one last as long as it needs (a random model may otherwise stop at any step)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("endless") / "phi3-tiny-int4"
+    shutil.copytree(served_model, out)
+    config_path = out / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["eos_token_id"] = [config["model"]["vocab_size"] + 1]  # an id the model cannot produce
+    config_path.write_text(json.dumps(config))
+    return out

@@ -88,8 +88,8 @@ def test_sixteen_concurrent_streams_match_their_sequential_answers(server: Serve
     assert batches and total and float(batches[0].split()[-1]) < float(total[0].split()[-1]), "no request was batched"
 
 
-def test_queue_overflow_is_429_with_retry_after(served_model: Path) -> None:
-    small = Server(served_model, "--max-batch", "1", "--max-waiting", "1")
+def test_queue_overflow_is_429_with_retry_after(endless_model: Path) -> None:
+    small = Server(endless_model, "--max-batch", "1", "--max-waiting", "1")
     try:
         statuses: list[int] = []
         retry_after: list[str] = []
@@ -116,8 +116,8 @@ def test_queue_overflow_is_429_with_retry_after(served_model: Path) -> None:
         small.stop()
 
 
-def test_disconnect_frees_the_slot(served_model: Path) -> None:
-    single = Server(served_model, "--max-batch", "1", "--max-waiting", "1")
+def test_disconnect_frees_the_slot(endless_model: Path) -> None:
+    single = Server(endless_model, "--max-batch", "1", "--max-waiting", "1")
     try:
         body = {"model": MODEL, "prompt": "long", "max_tokens": 8000, "temperature": 0, "stream": True}
         with httpx.stream("POST", single.base + "/v1/completions", json=body, headers=single.headers, timeout=60) as r:
@@ -135,8 +135,8 @@ def test_disconnect_frees_the_slot(served_model: Path) -> None:
         single.stop()
 
 
-def test_non_streaming_disconnect_is_cancelled_too(served_model: Path) -> None:
-    single = Server(served_model, "--max-batch", "1", "--max-waiting", "1")
+def test_non_streaming_disconnect_is_cancelled_too(endless_model: Path) -> None:
+    single = Server(endless_model, "--max-batch", "1", "--max-waiting", "1")
     try:
         with pytest.raises(httpx.ReadTimeout):
             single.post("/v1/completions", json={"model": MODEL, "prompt": "long", "max_tokens": 8000}, timeout=0.5)
@@ -149,8 +149,8 @@ def test_non_streaming_disconnect_is_cancelled_too(served_model: Path) -> None:
         single.stop()
 
 
-def test_shutdown_drains_in_flight_requests(served_model: Path) -> None:
-    draining = Server(served_model)
+def test_shutdown_drains_in_flight_requests(endless_model: Path) -> None:
+    draining = Server(endless_model)
     result: dict[str, Any] = {}
 
     def long_request() -> None:
