@@ -4,7 +4,10 @@ the recording mock, in known-outputs or preview mode."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 from infra import recording
 from infra.config import NAMESPACE
 from infra.render import PLACEHOLDER, read_stack_config
+from tests.server_support import Server
 
 STACKS = ("dev", "prod", "local")
 
@@ -74,70 +78,37 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model converted to cpu-int4, with a long context so a generation can be made to last."""
-    import subprocess
-    import sys
-
     from convert.tiny_model import TinySpec, build
 
     root = tmp_path_factory.mktemp("served")
-    source = build(root / "source", TinySpec(context=8192))
-    out = root / "phi3-tiny-int4"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "--model",
-            str(source),
-            "--method",
-            "builder",
-            "--out",
-            str(out),
-            "--no-compare",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+    return _int4(build(root / "source", TinySpec(context=8192)), root / "phi3-tiny-int4")
 
 
 @pytest.fixture(scope="session")
 def tiny_int4(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model (512-token context) converted to cpu-int4 with the builder."""
-    import subprocess
-    import sys
+    return _int4(tiny_source, tmp_path_factory.mktemp("tiny-int4") / "phi3-tiny-int4")
 
-    out = tmp_path_factory.mktemp("tiny-int4") / "phi3-tiny-int4"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "--model",
-            str(tiny_source),
-            "--method",
-            "builder",
-            "--out",
-            str(out),
-            "--no-compare",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+def _int4(source: Path, out: Path) -> Path:
+    command = ["-m", "convert", "--model", str(source), "--method", "builder", "--out", str(out), "--no-compare"]
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def server(served_model: Path) -> Iterator[Server]:
+    """A real ONNX server process on 127.0.0.1 serving the tiny model (one per test module)."""
+    running = Server(served_model)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")
 def endless_model(served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The served model with no end-of-sequence token: every generation runs to max_tokens, so a test
     can make one last as long as it needs (a random model may otherwise stop at any step)."""
-    import json
-    import shutil
-
     out = tmp_path_factory.mktemp("endless") / "phi3-tiny-int4"
     shutil.copytree(served_model, out)
     config_path = out / "genai_config.json"

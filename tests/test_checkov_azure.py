@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +10,10 @@ import pytest
 
 from infra import recording
 from infra.arm import to_arm_template
+from tests.checkov_support import checkov_results, needs_checkov
 from tests.conftest import run_stack
 
-CHECKOV = os.environ.get("SLM_CHECKOV", str(Path(__file__).parent.parent / ".venv-checkov" / "bin" / "checkov"))
-pytestmark = pytest.mark.skipif(
-    not Path(CHECKOV).exists(), reason=f"checkov not installed at {CHECKOV} (scripts/test.py installs it)"
-)
-
-
+pytestmark = needs_checkov
 # Checks that ran and passed when this was written (prod 29, dev 22): a floor against silent empty scans.
 MIN_PASSED = {"prod": 25, "dev": 20}
 
@@ -27,15 +21,7 @@ MIN_PASSED = {"prod": 25, "dev": 20}
 def scan(template: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     path = tmp_path / "template.json"
     path.write_text(json.dumps(template))
-    result = subprocess.run(
-        [CHECKOV, "-f", str(path), "--framework", "arm", "--skip-download", "-o", "json", "--compact"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    report = json.loads(result.stdout)
-    return report if isinstance(report, dict) else report[0]
+    return checkov_results(path, "arm")
 
 
 @pytest.mark.parametrize("stack", ["prod", "dev"])
@@ -44,8 +30,7 @@ def test_azure_resources_pass_checkov(stack: str, tmp_path: Path) -> None:
     template = to_arm_template(
         (r.type, r.name, recording.redact(r.inputs)) for r in rec.resources if r.type.startswith("azure-native:")
     )
-    report = scan(template, tmp_path)
-    results = report["results"]
+    results = scan(template, tmp_path)
     failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed_checks"]]
     assert failed == []
     # A template checkov could not read scans nothing and "passes": insist on real coverage.
@@ -65,5 +50,5 @@ def test_checkov_catches_a_violation(tmp_path: Path) -> None:
             )
         ]
     )
-    report = scan(template, tmp_path)
-    assert "CKV_AZURE_137" in {c["check_id"] for c in report["results"]["failed_checks"]}
+    results = scan(template, tmp_path)
+    assert "CKV_AZURE_137" in {c["check_id"] for c in results["failed_checks"]}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +11,10 @@ import pytest
 
 from infra.images import IMAGE_CONTEXTS, context_tag
 from infra.recording import PROJECT_ROOT
+from tests.checkov_support import checkov_results, needs_checkov
 
 DOCKERFILES = sorted(PROJECT_ROOT.glob("images/*/Dockerfile"))
 HADOLINT = Path(sys.executable).parent / "hadolint"
-CHECKOV = os.environ.get("SLM_CHECKOV", str(PROJECT_ROOT / ".venv-checkov" / "bin" / "checkov"))
 
 
 def test_every_image_has_a_dockerfile_and_a_context() -> None:
@@ -29,20 +27,10 @@ def test_hadolint(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(
-    not Path(CHECKOV).exists(), reason=f"checkov not installed at {CHECKOV} (scripts/test.py installs it)"
-)
+@needs_checkov
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_checkov(dockerfile: Path) -> None:
-    result = subprocess.run(
-        [CHECKOV, "-f", str(dockerfile), "--framework", "dockerfile", "--skip-download", "--compact", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    report = json.loads(result.stdout)
-    results = (report if isinstance(report, dict) else report[0])["results"]
+    results = checkov_results(dockerfile, "dockerfile")
     assert [c["check_id"] for c in results["failed_checks"]] == []
     assert len(results["passed_checks"]) >= 20
 

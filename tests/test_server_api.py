@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,13 +14,6 @@ from tests.server_support import API_KEY, Server
 
 pytestmark = pytest.mark.slow
 MODEL = "phi3-tiny-int4"
-
-
-@pytest.fixture(scope="module")
-def server(served_model: Path) -> Iterator[Server]:
-    running = Server(served_model)
-    yield running
-    running.stop()
 
 
 @pytest.fixture

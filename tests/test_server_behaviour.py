@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ from tests.server_support import API_KEY, SERVER_PATH, Server
 
 pytestmark = pytest.mark.slow
 MODEL = "phi3-tiny-int4"
-
-
-@pytest.fixture(scope="module")
-def server(served_model: Path) -> Iterator[Server]:
-    running = Server(served_model)
-    yield running
-    running.stop()
 
 
 def _stream_text(base: str, prompt: str, max_tokens: int) -> tuple[str, dict[str, Any], str]:

@@ -320,7 +320,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(job, request, _completion_chunks(service, job, completion_id, include_usage))
+            return _stream(job, _completion_chunks(service, job, completion_id, include_usage))
         text, reason, completion_tokens = await _collect(job, request)
         return schemas.Completion(
             id=completion_id,
@@ -350,7 +350,7 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(job, request, _chat_chunks(service, job, completion_id, include_usage, bool(tools)))
+        return _stream(job, _chat_chunks(service, job, completion_id, include_usage, bool(tools)))
     text, reason, completion_tokens = await _collect(job, request)
     content, calls = parse_tool_calls(text) if tools else (text, [])
     finish = "tool_calls" if calls else reason
@@ -467,7 +467,7 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-def _stream(job: Job, request: Request, chunks: AsyncIterator[bytes]) -> StreamingResponse:
+def _stream(job: Job, chunks: AsyncIterator[bytes]) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
@@ -477,7 +477,6 @@ def _stream(job: Job, request: Request, chunks: AsyncIterator[bytes]) -> Streami
             # Client gone (the generator is closed) or finished: either way release the slot.
             job.cancelled.set()
 
-    del request
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
