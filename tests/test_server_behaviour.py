@@ -290,3 +290,40 @@ def test_logs_are_json_without_prompt_text(served_model: Path) -> None:
     lines = [line for line in server.log.read_text().splitlines() if line.strip()]
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
     assert "secret-prompt-text" not in server.log.read_text()
+
+
+def test_request_timeout_is_a_504_and_the_server_keeps_serving(endless_model: Path) -> None:
+    server = Server(endless_model, "--request-timeout", "0.3")
+    try:
+        reply = server.post("/v1/completions", json={"model": MODEL, "prompt": "slow", "max_tokens": 8000})
+        assert reply.status_code == 504 and reply.json()["error"]["type"] == "timeout"
+        assert (
+            server.post("/v1/completions", json={"model": MODEL, "prompt": "quick", "max_tokens": 2}).status_code == 200
+        )
+    finally:
+        server.stop()
+
+
+def test_metrics_on_their_own_port(served_model: Path) -> None:
+    from tests.server_support import free_port
+
+    port = free_port()
+    server = Server(served_model, "--metrics-port", str(port))
+    try:
+        assert httpx.get(server.base + "/metrics").status_code in (401, 404)
+        assert "vllm:num_requests_waiting" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        server.stop()
+
+
+def test_json_schema_output_is_constrained_and_a_bad_schema_is_a_400(server: Server) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    good = {"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 6, "response_format": good}
+    reply = server.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"].startswith("{")
+    bad = {"type": "json_schema", "json_schema": {"name": "thing", "schema": {"type": 5}}}
+    reply = server.post("/v1/chat/completions", json={**body, "response_format": bad})
+    assert reply.status_code == 400 and "response_format" in reply.json()["error"]["message"]
+    assert httpx.get(server.base + "/health").status_code == 200

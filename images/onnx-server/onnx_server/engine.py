@@ -299,9 +299,7 @@ class Engine:
             # Guidance jobs run alone: a schema the runtime rejects is the client's to fix.
             for job in batch:
                 job.finished = "error"
-                self._outbox.put(
-                    job, Event("error", text=f"response_format is not supported here: {error}", status=400)
-                )
+                self._outbox.put(job, Event("error", text=f"response_format could not be applied: {error}", status=400))
             return
         if len(batch) == 1:
             generator.append_tokens(np.asarray(batch[0].prompt_ids, dtype=np.int32))
