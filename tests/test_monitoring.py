@@ -4,6 +4,7 @@ cert-manager's from the lists in monitoring/metrics/, each with its source versi
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -83,20 +84,73 @@ def test_every_alert_is_tested_and_documented() -> None:
         assert alert["annotations"]["summary"] and alert["annotations"]["runbook"]
 
 
-def test_every_metric_is_exported_by_a_component(served_model: Path) -> None:
-    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+@pytest.fixture(scope="module")
+def onnx_server_metrics(served_model: Path) -> set[str]:
+    """Metric names (histograms by base name) a running ONNX server exports after one request."""
     server = Server(served_model)
     try:
         server.post("/v1/completions", json={"model": "phi3-tiny-int4", "prompt": "hi", "max_tokens": 2})
         exposition = httpx.get(server.base + "/metrics").text
     finally:
         server.stop()
-    onnx_server = {
-        _base(line.split("{")[0].split(" ")[0]) for line in exposition.splitlines() if line and line[0] != "#"
-    }
+    return {_base(line.split("{")[0].split(" ")[0]) for line in exposition.splitlines() if line and line[0] != "#"}
+
+
+def test_every_metric_is_exported_by_a_component(onnx_server_metrics: set[str]) -> None:
+    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+    onnx_server = onnx_server_metrics
     known = _documented() | recorded | onnx_server
     unknown = {name for name in _used_metrics() if _base(name) not in known and name not in known}
     assert unknown == set()
     # The ONNX server really exports every vLLM-named series the rules read.
     vllm_used = {_base(n) for n in _used_metrics() if n.startswith("vllm:")}
     assert vllm_used <= onnx_server, vllm_used - onnx_server
+
+
+DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
+# Grafana variables a query may use, replaced by a value PromQL accepts before parsing.
+_VARIABLES = {"$job": ".*", "$node": ".*", "$gpu_node_hourly_price": "1", "${datasource}": ""}
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    queries = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for variable, value in _VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                queries.append((f"{path.stem}: {panel['title']}", expr))
+    return queries
+
+
+@needs_promtool
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 15
+    rules = {
+        "groups": [
+            {"name": "dashboards", "rules": [{"record": f"q:{i}", "expr": e} for i, (_, e) in enumerate(queries)]}
+        ]
+    }
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_use_only_exported_metrics(onnx_server_metrics: set[str]) -> None:
+    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+    known = _documented() | recorded | onnx_server_metrics
+    used = {name for _, expr in _dashboard_queries() for name in _METRIC.findall(expr)}
+    assert used and {n for n in used if _base(n) not in known and n not in known} == set()
+
+
+def test_dashboards_cover_each_backend_view() -> None:
+    titles = {
+        json.loads(p.read_text())["uid"]: [x["title"] for x in json.loads(p.read_text())["panels"]] for p in DASHBOARDS
+    }
+    assert set(titles) == {"slm-overview", "slm-gpu", "slm-cost"}
+    overview = " ".join(titles["slm-overview"]).lower()
+    for word in ("requests/s", "first token", "inter-token", "tokens/s", "queue", "errors", "replicas"):
+        assert word in overview
