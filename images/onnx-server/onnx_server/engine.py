@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -166,6 +167,9 @@ class Engine:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        # onnxruntime releases the GIL while it computes, but the decode loop needs it between
+        # steps; with the default 5 ms switch interval a busy event loop holds it for a whole token.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
