@@ -130,9 +130,9 @@ def _check_disk(out: Path, needed: int) -> None:
         )
 
 
-def _estimate(src: source.ModelSource | None, target: Target, prebuilt_bytes: int) -> int:
+def _estimate(src: source.ModelSource | None, target: Target) -> int:
     if src is None:
-        return int(prebuilt_bytes * _DISK_MARGIN)
+        return 0  # a prebuilt repository's size is not known before it is listed
     source_bytes_per_param = 2.0  # bf16/fp16 checkpoints; fp32 ones make this an overestimate
     output = src.size_bytes / source_bytes_per_param * target.bytes_per_parameter
     download = 0 if src.local else src.size_bytes
@@ -163,7 +163,9 @@ def convert(request: Request, log: Log = _stderr) -> Result:
     out = request.out.resolve()
     method = "prebuilt" if request.prebuilt else request.method
 
-    src = source.resolve(request.model, request.revision) if request.model else None
+    # With --prebuilt, --revision names the prebuilt repository's revision, not the source model's.
+    model_revision = None if request.prebuilt else request.revision
+    src = source.resolve(request.model, model_revision) if request.model else None
     subfolder = (
         _prebuilt_subfolder(request.prebuilt, request.target, request.prebuilt_subfolder) if request.prebuilt else ""
     )
@@ -188,13 +190,15 @@ def convert(request: Request, log: Log = _stderr) -> Result:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_partials(out, log)
-    _check_disk(out, _estimate(src, target, src.size_bytes if src else 0))
+    _check_disk(out, _estimate(src, target))
     threads = request.threads or available_cpus()
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     work.mkdir()
     try:
         model_dir = work / "model"
-        source_dir = source.download(src, work / "source") if src else None
+        # The source is needed to convert, or with --prebuilt only to compare against it.
+        needed = src is not None and (not request.prebuilt or request.compare)
+        source_dir = source.download(src, work / "source") if needed and src else None
         if request.prebuilt:
             log(f"fetching prebuilt {request.prebuilt} ({subfolder or 'top level'})")
             prebuilt_id, prebuilt_revision = _fetch_prebuilt(request.prebuilt, request.revision, subfolder, model_dir)
