@@ -21,7 +21,7 @@ from pulumi_azure_native import authorization, resources  # noqa: E402
 from infra import config  # noqa: E402
 from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs  # noqa: E402
 from infra.azure.gpu_pool import pool_taints  # noqa: E402
-from infra.azure.keyvault import SecretVault, SecretVaultArgs  # noqa: E402
+from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, HF_TOKEN_SECRET, SecretVault, SecretVaultArgs  # noqa: E402
 from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs  # noqa: E402
 from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  # noqa: E402
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
@@ -97,6 +97,8 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
             soft_delete_retention_days=s.key_vault.soft_delete_retention_days,
             purge_protection=s.purge_protection,
             hf_token=cfg.secrets.hf_token,
+            # The VM's Grafana reads its admin password from Key Vault at boot.
+            generated_secrets=(GRAFANA_PASSWORD_SECRET,) if s.target == "vm" else (),
             tags=tags,
             protect=protect,
         ),
@@ -115,7 +117,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
                 registry_id=registry.id,
                 key_vault_id=vault.id,
                 key_vault_uri=vault.uri,
-                hf_token_secret_name=vault.hf_token_secret_name,
+                secrets=((HF_TOKEN_SECRET, "hf_token"), (GRAFANA_PASSWORD_SECRET, "grafana_admin_password")),
                 registry_login_server=registry.login_server,
                 subscription_id=client.subscription_id,
                 compose_yaml=registry.login_server.apply(
@@ -127,6 +129,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
             ),
         )
         pulumi.export("vmAddress", vm.public_ip)
+        pulumi.export("grafanaAdminPassword", pulumi.Output.secret(vault.generated[GRAFANA_PASSWORD_SECRET]))
         pulumi.export("vmAdminUser", vm.admin_username)
         if vm.ssh_private_key is not None:
             pulumi.export("vmSshPrivateKey", vm.ssh_private_key)

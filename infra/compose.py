@@ -4,6 +4,7 @@ one-shot model conversion that must finish before the ONNX server starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -11,8 +12,15 @@ import yaml
 from infra.config import StackSettings
 from infra.conversion_plan import conversion_spec, converter_arguments
 
-# Pinned by version; the VM pulls it from Docker Hub at boot.
+# Pinned by version; the VM pulls them at boot.
 STATUS_IMAGE = "busybox:1.37.0"
+PROMETHEUS_IMAGE = "prom/prometheus:v2.53.2"
+GRAFANA_IMAGE = "grafana/grafana:11.2.2"
+NODE_EXPORTER_IMAGE = "prom/node-exporter:v1.8.2"
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.8-3.6.0-ubuntu22.04"
+MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+SECRETS_GROUP = "10001"  # the group that may read the tmpfs secrets
+GRAFANA_PASSWORD_FILE = "/run/slm-serving/secrets/grafana_admin_password"  # noqa: S105 (a path)
 DATA_DIR = "/var/lib/slm-serving"
 MODELS_DIR = f"{DATA_DIR}/models"
 HF_TOKEN_FILE = "/run/slm-serving/secrets/hf_token"  # noqa: S105 (a path)
@@ -72,4 +80,111 @@ def compose_project(settings: StackSettings, converter_image: str) -> str:
             }
         )
         document["secrets"] = {"hf_token": {"file": HF_TOKEN_FILE}}
+    _add_monitoring(document, settings)
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def _prometheus_config(settings: StackSettings) -> str:
+    targets = {"slm-node": "node-exporter:9100"}
+    if settings.vm.has_gpu:
+        targets["slm-dcgm"] = "dcgm-exporter:9400"
+    # The serving layer names its backend services after the backends, each on port 8000.
+    for name in settings.backends.enabled():
+        if name != "ollama":  # Ollama has no /metrics; the proxy measures it
+            targets[f"slm-{name}"] = f"{name}:8000"
+    config = {
+        "global": {"scrape_interval": "15s", "evaluation_interval": "30s"},
+        "rule_files": ["/etc/prometheus/rules/*.yml"],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
+    """Prometheus, Grafana, node exporter (and DCGM on GPU sizes), with the same rules and dashboards
+    as the Kubernetes targets, all on loopback only."""
+    services, configs = document["services"], document.setdefault("configs", {})
+    configs["prometheus"] = {"content": _prometheus_config(settings)}
+    rule_mounts = []
+    for path in sorted((MONITORING / "rules").glob("*.yml")):
+        configs[f"rules-{path.stem}"] = {"content": path.read_text()}
+        rule_mounts.append({"source": f"rules-{path.stem}", "target": f"/etc/prometheus/rules/{path.name}"})
+    services["prometheus"] = _hardened(
+        {
+            "image": PROMETHEUS_IMAGE,
+            "command": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.retention.time=15d"],
+            "configs": [{"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"}, *rule_mounts],
+            "volumes": ["prometheus-data:/prometheus"],
+            "ports": ["127.0.0.1:9090:9090"],
+            "restart": "unless-stopped",
+        }
+    )
+    configs["grafana-datasource"] = {
+        "content": yaml.safe_dump(
+            {
+                "apiVersion": 1,
+                "datasources": [
+                    {"name": "Prometheus", "type": "prometheus", "url": "http://prometheus:9090", "isDefault": True}
+                ],
+            }
+        )
+    }
+    configs["grafana-dashboards"] = {
+        "content": yaml.safe_dump(
+            {
+                "apiVersion": 1,
+                "providers": [{"name": "slm-serving", "type": "file", "options": {"path": "/etc/dashboards"}}],
+            }
+        )
+    }
+    dashboard_mounts = []
+    for path in sorted((MONITORING / "dashboards").glob("*.json")):
+        configs[f"dashboard-{path.stem}"] = {"content": path.read_text()}
+        dashboard_mounts.append({"source": f"dashboard-{path.stem}", "target": f"/etc/dashboards/{path.name}"})
+    services["grafana"] = _hardened(
+        {
+            "image": GRAFANA_IMAGE,
+            "group_add": [SECRETS_GROUP],
+            "environment": {
+                "GF_SECURITY_ADMIN_PASSWORD__FILE": "/run/secrets/grafana_admin_password",
+                "GF_AUTH_ANONYMOUS_ENABLED": "false",
+                "GF_USERS_ALLOW_SIGN_UP": "false",
+                "GF_ANALYTICS_REPORTING_ENABLED": "false",
+                "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+            },
+            "secrets": ["grafana_admin_password"],
+            "configs": [
+                {"source": "grafana-datasource", "target": "/etc/grafana/provisioning/datasources/prometheus.yml"},
+                {"source": "grafana-dashboards", "target": "/etc/grafana/provisioning/dashboards/slm-serving.yml"},
+                *dashboard_mounts,
+            ],
+            "volumes": ["grafana-data:/var/lib/grafana"],
+            "tmpfs": ["/tmp"],
+            "ports": ["127.0.0.1:3000:3000"],
+            "depends_on": ["prometheus"],
+            "restart": "unless-stopped",
+        }
+    )
+    services["node-exporter"] = _hardened(
+        {
+            "image": NODE_EXPORTER_IMAGE,
+            "command": ["--path.rootfs=/host"],
+            "pid": "host",
+            "volumes": ["/:/host:ro,rslave"],
+            "restart": "unless-stopped",
+        }
+    )
+    if settings.vm.has_gpu:
+        services["dcgm-exporter"] = _hardened(
+            {
+                "image": DCGM_EXPORTER_IMAGE,
+                "deploy": {
+                    "resources": {
+                        "reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}
+                    }
+                },
+                "restart": "unless-stopped",
+            }
+        )
+    document.setdefault("secrets", {})["grafana_admin_password"] = {"file": GRAFANA_PASSWORD_FILE}
+    document["volumes"] = {"prometheus-data": {}, "grafana-data": {}}

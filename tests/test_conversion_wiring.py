@@ -3,7 +3,6 @@ service on the VM, the token as a file, the model volume writable by the Job onl
 
 from __future__ import annotations
 
-import base64
 import copy
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from infra import recording
+from infra.azure.vm import decode_custom_data
 from infra.config import ConversionConfig
 from infra.conversion_plan import conversion_spec
 from infra.k8s.conversion import ModelConversion, ModelConversionArgs
@@ -145,7 +145,7 @@ def test_gpu_backend_cannot_use_a_cpu_conversion_target() -> None:
 
 def test_vm_runs_the_conversion_once_before_the_server() -> None:
     vm = run_stack("dev").one("azure-native:compute:VirtualMachine").plain
-    document = yaml.safe_load(base64.b64decode(vm["osProfile"]["customData"]).decode())
+    document = yaml.safe_load(decode_custom_data(vm["osProfile"]["customData"]))
     files = {f["path"]: f["content"] for f in document["write_files"]}
     compose = yaml.safe_load(files["/opt/slm-serving/compose.yaml"])
     service = compose["services"]["convert"]

@@ -37,10 +37,18 @@ EXPECTED = {
 }
 EXPORTS = {
     "prod": {"target", "resourceGroup", "registryLoginServer", "clusterName", "kubeconfig"},
-    "dev": {"target", "resourceGroup", "registryLoginServer", "vmAddress", "vmAdminUser", "vmSshPrivateKey"},
+    "dev": {
+        "target",
+        "resourceGroup",
+        "registryLoginServer",
+        "vmAddress",
+        "vmAdminUser",
+        "vmSshPrivateKey",
+        "grafanaAdminPassword",
+    },
     "local": {"target"},
 }
-SECRET_EXPORTS = {"kubeconfig", "vmSshPrivateKey"}
+SECRET_EXPORTS = {"kubeconfig", "vmSshPrivateKey", "grafanaAdminPassword"}
 
 
 @pytest.mark.parametrize("preview", [False, True], ids=["known", "preview"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 from pathlib import Path
@@ -14,6 +13,8 @@ import yaml
 
 from infra.azure import roles
 from infra.azure.cloud_init import CloudInitArgs, cloud_config
+from infra.azure.vm import CUSTOM_DATA_LIMIT, decode_custom_data
+from infra.recording import Secret
 from tests.conftest import run_stack, stack_value
 
 SCHEMA = Path(__file__).parent / "data" / "cloud-config-schema-v1.json"
@@ -95,7 +96,7 @@ def test_vm_identity_pulls_images_and_reads_the_token(rendered: Any) -> None:
 
 def test_rendered_cloud_init_is_valid_cloud_config(rendered: Any) -> None:
     custom_data = rendered("dev").one(VM).plain["osProfile"]["customData"]
-    text = base64.b64decode(custom_data).decode()
+    text = decode_custom_data(custom_data)
     assert cloud_config_errors(text) == []
     document = yaml.safe_load(text)
     paths = {f["path"]: f for f in document["write_files"]}
@@ -104,12 +105,15 @@ def test_rendered_cloud_init_is_valid_cloud_config(rendered: Any) -> None:
     assert "/usr/local/sbin/slm-install-nvidia-toolkit" in paths  # GPU size
     assert ["systemctl", "enable", "--now", "slm-serving.service"] in document["runcmd"]
     fetch = paths["/usr/local/sbin/slm-fetch-secrets"]["content"]
-    assert "https://slm-dev-kv.vault.azure.net/secrets/hf-token?api-version=" in fetch
+    assert '"https://slm-dev-kv.vault.azure.net/secrets/$1?api-version=7.4"' in fetch
+    assert "fetch hf-token hf_token" in fetch and "fetch grafana-admin-password grafana_admin_password" in fetch
 
 
 def test_cloud_init_carries_no_secret() -> None:
     text = cloud_config(
-        CloudInitArgs("services: {}\n", True, "https://kv.vault.azure.net/", "hf-token", "acr.azurecr.io")
+        CloudInitArgs(
+            "services: {}\n", True, "https://kv.vault.azure.net/", (("hf-token", "hf_token"),), "acr.azurecr.io"
+        )
     )
     assert "hf_" not in text.replace("hf_token", "")  # only the file name, never a token value
     assert cloud_config_errors(text) == []
@@ -125,3 +129,50 @@ def test_cloud_init_carries_no_secret() -> None:
 )
 def test_the_schema_check_rejects_bad_documents(document: str, expected: str) -> None:
     assert any(expected in e for e in cloud_config_errors(document))
+
+
+def _compose(rec: Any) -> dict[str, Any]:
+    custom_data = rec.one(VM).plain["osProfile"]["customData"]
+    files = {f["path"]: f["content"] for f in yaml.safe_load(decode_custom_data(custom_data))["write_files"]}
+    return yaml.safe_load(files["/opt/slm-serving/compose.yaml"])
+
+
+def test_vm_runs_monitoring_with_the_shared_rules_and_dashboards(rendered: Any) -> None:
+    from infra.compose import MONITORING
+
+    compose = _compose(rendered("dev"))
+    services, configs = compose["services"], compose["configs"]
+    assert {"prometheus", "grafana", "node-exporter", "dcgm-exporter"} <= set(services)
+    for path in (MONITORING / "rules").glob("*.yml"):
+        assert configs[f"rules-{path.stem}"]["content"] == path.read_text()
+    for path in (MONITORING / "dashboards").glob("*.json"):
+        assert configs[f"dashboard-{path.stem}"]["content"] == path.read_text()
+    prometheus = yaml.safe_load(configs["prometheus"]["content"])
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
+    assert jobs["slm-dcgm"] == ["dcgm-exporter:9400"] and jobs["slm-onnx"] == ["onnx:8000"] and "slm-ollama" not in jobs
+    for name, service in services.items():
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
+        assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+
+
+def test_grafana_password_is_generated_kept_secret_and_read_from_a_file(rendered: Any) -> None:
+    rec = rendered("dev")
+    grafana = _compose(rec)["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert isinstance(rec.exports["grafanaAdminPassword"], Secret)
+    stored = rec.one("azure-native:keyvault:Secret", "grafana-admin-password").inputs["properties"]["value"]
+    assert isinstance(stored, Secret)
+
+
+def test_cpu_vm_has_no_gpu_exporter() -> None:
+    cpu_only = {"vllm": {"enabled": False}, "ollama": {"enabled": True, "device": "cpu"}}
+    compose = _compose(run_stack("dev", {"vm": {"size": "Standard_D8s_v5"}, "backends": cpu_only}))
+    assert "dcgm-exporter" not in compose["services"] and "node-exporter" in compose["services"]
+
+
+def test_custom_data_is_compressed_within_azures_limit(rendered: Any) -> None:
+    encoded = rendered("dev").one(VM).plain["osProfile"]["customData"]
+    assert len(encoded) < CUSTOM_DATA_LIMIT / 4  # headroom for the serving layer's services
+    assert decode_custom_data(encoded).startswith("#cloud-config\n")

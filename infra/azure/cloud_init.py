@@ -21,7 +21,8 @@ class CloudInitArgs:
     compose_yaml: str
     gpu: bool
     key_vault_uri: str
-    hf_token_secret_name: str
+    # Key Vault secret name -> file name under SECRETS_DIR.
+    secrets: tuple[tuple[str, str], ...]
     registry_login_server: str
 
 
@@ -32,11 +33,14 @@ umask 077
 mkdir -p {secrets_dir}
 imds='http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01'
 token=$(curl -fsS -H Metadata:true "$imds&resource=https%3A%2F%2Fvault.azure.net" | jq -r .access_token)
-curl -fsS -H "Authorization: Bearer $token" \\
-  '{vault_uri}secrets/{secret_name}?api-version=7.4' | jq -j .value > {secrets_dir}/hf_token.tmp
-# Readable by the containers' shared group (10001), nobody else.
-chgrp 10001 {secrets_dir}/hf_token.tmp && chmod 0440 {secrets_dir}/hf_token.tmp
-mv {secrets_dir}/hf_token.tmp {secrets_dir}/hf_token
+fetch() {{
+  curl -fsS -H "Authorization: Bearer $token" "{vault_uri}secrets/$1?api-version=7.4" \\
+    | jq -j .value > "{secrets_dir}/$2.tmp"
+  # Readable by the containers' shared group (10001), nobody else.
+  chgrp 10001 "{secrets_dir}/$2.tmp" && chmod 0440 "{secrets_dir}/$2.tmp"
+  mv "{secrets_dir}/$2.tmp" "{secrets_dir}/$2"
+}}
+{fetches}
 """
 
 # Docker logs in to ACR with the VM's managed identity: an Entra token exchanged for an ACR
@@ -97,7 +101,9 @@ def cloud_config(args: CloudInitArgs) -> str:
             "path": "/usr/local/sbin/slm-fetch-secrets",
             "permissions": "0755",
             "content": _FETCH_SECRETS.format(
-                secrets_dir=SECRETS_DIR, vault_uri=args.key_vault_uri, secret_name=args.hf_token_secret_name
+                secrets_dir=SECRETS_DIR,
+                vault_uri=args.key_vault_uri,
+                fetches="\n".join(f"fetch {name} {file}" for name, file in args.secrets),
             ),
         },
         {

@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_random as random
 from pulumi_azure_native import keyvault
 
 HF_TOKEN_SECRET = "hf-token"  # noqa: S105 (the secret's name, not its value)
+GRAFANA_PASSWORD_SECRET = "grafana-admin-password"  # noqa: S105 (a name)
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,15 @@ class SecretVaultArgs:
     hf_token: pulumi.Output[str]
     tags: Mapping[str, str]
     protect: bool
+    # Secrets the stack generates (random, 32 characters) for workloads to read at start,
+    # e.g. Grafana's admin password; exposed as `generated[name]`.
+    generated_secrets: tuple[str, ...] = ()
 
 
 class SecretVault(pulumi.ComponentResource):
     id: pulumi.Output[str]
     uri: pulumi.Output[str]
-    hf_token_secret_name: str = HF_TOKEN_SECRET
+    generated: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: SecretVaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("slm:azure:SecretVault", name, None, opts)
@@ -58,15 +63,22 @@ class SecretVault(pulumi.ComponentResource):
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
-        keyvault.Secret(
-            f"{name}-hf-token",
-            resource_group_name=args.resource_group_name,
-            vault_name=vault.name,
-            secret_name=HF_TOKEN_SECRET,
-            properties={"value": pulumi.Output.secret(args.hf_token), "content_type": "text/plain"},
-            tags=dict(args.tags),
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["properties"]),
-        )
+        self.generated = {
+            secret: random.RandomPassword(
+                f"{name}-{secret}-value", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+            ).result
+            for secret in args.generated_secrets
+        }
+        for secret_name, value in {HF_TOKEN_SECRET: args.hf_token, **self.generated}.items():
+            keyvault.Secret(
+                f"{name}-{secret_name}",
+                resource_group_name=args.resource_group_name,
+                vault_name=vault.name,
+                secret_name=secret_name,
+                properties={"value": pulumi.Output.secret(value), "content_type": "text/plain"},
+                tags=dict(args.tags),
+                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["properties"]),
+            )
         self.id = vault.id
         self.uri = vault.properties.apply(lambda p: p.vault_uri or "")
         self.register_outputs({"id": self.id, "uri": self.uri})

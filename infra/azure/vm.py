@@ -5,6 +5,7 @@ Key Vault. The model cache lives on its own managed disk, which outlives a repla
 """
 
 import base64
+import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,21 @@ from pulumi_azure_native import compute, network
 from infra.azure import roles
 from infra.azure.cloud_init import CloudInitArgs, cloud_config
 from infra.config import VmConfig
+
+# Azure caps custom data at 64 KiB (base64); cloud-init reads gzip-compressed user data as is.
+CUSTOM_DATA_LIMIT = 65535
+
+
+def encode_custom_data(document: str) -> str:
+    encoded = base64.b64encode(gzip.compress(document.encode(), mtime=0)).decode()
+    if len(encoded) > CUSTOM_DATA_LIMIT:
+        raise ValueError(f"cloud-init user data is {len(encoded)} bytes compressed; Azure allows {CUSTOM_DATA_LIMIT}")
+    return encoded
+
+
+def decode_custom_data(encoded: str) -> str:
+    return gzip.decompress(base64.b64decode(encoded)).decode()
+
 
 NVIDIA_DRIVER_EXTENSION = {
     "publisher": "Microsoft.HpcCompute",
@@ -32,7 +48,8 @@ class ServingVmArgs:
     registry_id: pulumi.Input[str]
     key_vault_id: pulumi.Input[str]
     key_vault_uri: pulumi.Input[str]
-    hf_token_secret_name: str
+    # Key Vault secret name -> file name in the VM's tmpfs secrets folder.
+    secrets: tuple[tuple[str, str], ...]
     registry_login_server: pulumi.Input[str]
     subscription_id: pulumi.Input[str]
     compose_yaml: pulumi.Input[str]
@@ -98,17 +115,17 @@ class ServingVm(pulumi.ComponentResource):
         user_data = pulumi.Output.all(
             uri=args.key_vault_uri, registry=args.registry_login_server, compose=args.compose_yaml
         ).apply(
-            lambda v: base64.b64encode(
+            lambda v: encode_custom_data(
                 cloud_config(
                     CloudInitArgs(
                         compose_yaml=v["compose"],
                         gpu=cfg.has_gpu,
                         key_vault_uri=v["uri"],
-                        hf_token_secret_name=args.hf_token_secret_name,
+                        secrets=args.secrets,
                         registry_login_server=v["registry"],
                     )
-                ).encode()
-            ).decode()
+                )
+            )
         )
         vm = compute.VirtualMachine(
             f"{name}-vm",
