@@ -154,12 +154,6 @@ class Recording:
             raise AssertionError(f"expected one {type_} named *{name_contains}*, found {len(found)}: {names}")
         return found[0]
 
-    def by_urn(self, urn: str) -> Registration:
-        for r in self.resources:
-            if r.urn == urn:
-                return r
-        raise AssertionError(f"no resource with urn {urn}")
-
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for r in self.resources:

@@ -75,10 +75,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def _manifest(reg: recording.Registration) -> dict[str, Any]:
-    return recording.redact(reg.inputs)
-
-
 def write_render(rec: recording.Recording, stack_file: StackFile, out: Path, seconds: float) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
@@ -89,9 +85,8 @@ def write_render(rec: recording.Recording, stack_file: StackFile, out: Path, sec
     for index, reg in enumerate(rec.resources):
         stem = f"{index:03d}-{_slug(reg.name)}"
         if reg.type.startswith("kubernetes:") and reg.custom and not reg.type.startswith("kubernetes:helm"):
-            if reg.type == "pulumi:providers:kubernetes":
-                continue
-            (out / "kubernetes" / f"{stem}.yaml").write_text(yaml.safe_dump(_manifest(reg), sort_keys=False))
+            manifest = yaml.safe_dump(recording.redact(reg.inputs), sort_keys=False)
+            (out / "kubernetes" / f"{stem}.yaml").write_text(manifest)
             continue
         record = {
             "type": reg.type,
