@@ -100,15 +100,23 @@ def _prometheus_config(settings: StackSettings) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def _file_configs(
+    configs: dict[str, Any], folder: str, pattern: str, prefix: str, target_dir: str
+) -> list[dict[str, str]]:
+    """monitoring/<folder>/<pattern> as Compose configs named <prefix>-<stem>; returns their mounts."""
+    mounts = []
+    for path in sorted((MONITORING / folder).glob(pattern)):
+        configs[f"{prefix}-{path.stem}"] = {"content": path.read_text()}
+        mounts.append({"source": f"{prefix}-{path.stem}", "target": f"{target_dir}/{path.name}"})
+    return mounts
+
+
 def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
     """Prometheus, Grafana, node exporter (and DCGM on GPU sizes), with the same rules and dashboards
     as the Kubernetes targets, all on loopback only."""
     services, configs = document["services"], document.setdefault("configs", {})
     configs["prometheus"] = {"content": _prometheus_config(settings)}
-    rule_mounts = []
-    for path in sorted((MONITORING / "rules").glob("*.yml")):
-        configs[f"rules-{path.stem}"] = {"content": path.read_text()}
-        rule_mounts.append({"source": f"rules-{path.stem}", "target": f"/etc/prometheus/rules/{path.name}"})
+    rule_mounts = _file_configs(configs, "rules", "*.yml", "rules", "/etc/prometheus/rules")
     services["prometheus"] = _hardened(
         {
             "image": PROMETHEUS_IMAGE,
@@ -137,10 +145,7 @@ def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
             }
         )
     }
-    dashboard_mounts = []
-    for path in sorted((MONITORING / "dashboards").glob("*.json")):
-        configs[f"dashboard-{path.stem}"] = {"content": path.read_text()}
-        dashboard_mounts.append({"source": f"dashboard-{path.stem}", "target": f"/etc/dashboards/{path.name}"})
+    dashboard_mounts = _file_configs(configs, "dashboards", "*.json", "dashboard", "/etc/dashboards")
     services["grafana"] = _hardened(
         {
             "image": GRAFANA_IMAGE,

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onnx_server import schemas
 from onnx_server.chat import ChatTemplate, TemplateFailure, load_template, parse_tool_calls
-from onnx_server.engine import Engine, Event, Job, NotReady, Overloaded, Sampling
+from onnx_server.engine import Engine, Job, NotReady, Overloaded, Sampling
 from onnx_server.metrics import Metrics
 from onnx_server.settings import Settings
 
@@ -548,4 +548,4 @@ async def _completion_chunks(
                 yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
 
 
-__all__ = ["ApiError", "Event", "create_app"]
+__all__ = ["ApiError", "create_app"]
