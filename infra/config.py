@@ -40,6 +40,12 @@ def _choices(values: Any) -> str:
     return ", ".join(sorted(values))
 
 
+def _hub_model_id(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", value):
+        raise ValueError(f"{value!r} is not a Hugging Face model id like 'microsoft/Phi-4-mini-instruct'")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=True)
 
@@ -264,9 +270,7 @@ class ConversionConfig(_Model):
     @field_validator("model")
     @classmethod
     def _hub_id(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", value):
-            raise ValueError(f"{value!r} is not a Hugging Face model id like 'microsoft/Phi-4-mini-instruct'")
-        return value
+        return _hub_model_id(value)
 
     @field_validator("memory")
     @classmethod
@@ -276,13 +280,164 @@ class ConversionConfig(_Model):
         return value
 
 
+_CPU_QUANTITY = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
+_MEMORY_QUANTITY = re.compile(r"^\d+(Mi|Gi)$")
+
+
+class ResourcesConfig(_Model):
+    """Requests for one replica; the memory request is also its limit (no overcommit of model memory)."""
+
+    cpu: str = "2"
+    memory: str = "8Gi"
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        if not _CPU_QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a CPU quantity like '2', '0.5' or '500m'")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not _MEMORY_QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a memory quantity like '16Gi' or '512Mi'")
+        return value
+
+
+class ScalingConfig(_Model):
+    """Replica bounds; KEDA scales between them on queue depth (when it is installed or assumed)."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    # Requests waiting per replica before another replica is added.
+    queue_target: Annotated[float, Field(gt=0)] = 4.0
+    # Seconds without load before scaling down (to zero when minReplicas is 0).
+    cooldown_seconds: Annotated[int, Field(ge=30, le=86400)] = 600
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas > self.min_replicas
+
+
 class BackendConfig(_Model):
     enabled: bool = False
     device: Device = "cpu"
+    scaling: ScalingConfig = ScalingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    # How long a new replica may take to download and load its model before it is restarted.
+    startup_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 60
+    # Exposed at https://<gateway>/<routePrefix>/v1 (path routing) or https://<routePrefix>.<domain>/v1.
+    route_prefix: str | None = None
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z][a-z0-9-]{0,30}$", value):
+            raise ValueError(f"{value!r} is not a route prefix; use lowercase letters, digits and '-'")
+        return value
+
+
+class VllmBackendConfig(BackendConfig):
+    model: str = "microsoft/Phi-4-mini-instruct"
+    revision: str = "main"
+    # The name clients pass as `model`; None: the model id.
+    served_model_name: str | None = None
+    max_model_len: Annotated[int, Field(ge=256, le=131072)] = 16384
+    gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.90
+    max_num_seqs: Annotated[int, Field(ge=1, le=1024)] = 64
+    # Phi-4-mini emits tool calls as JSON after <|tool_call|>; vLLM's parser for it is phi4_mini_json.
+    tool_call_parser: str | None = "phi4_mini_json"
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = None
+    dtype: Literal["auto", "half", "bfloat16", "float16"] = "auto"
+    resources: ResourcesConfig = ResourcesConfig(cpu="4", memory="24Gi")
+
+    @field_validator("model")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        return _hub_model_id(value)
+
+
+class ModelVariantConfig(_Model):
+    """An Ollama Modelfile variant of the base model: its own name, sampling and system prompt."""
+
+    name: str
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.9
+    system: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", value):
+            raise ValueError(f"{value!r} is not an Ollama model name (lowercase letters, digits, '.', '_', '-')")
+        return value
+
+
+DEFAULT_VARIANTS = (
+    ModelVariantConfig(
+        name="phi4-mini-reasoning",
+        temperature=0.3,
+        top_p=0.8,
+        system="You are a careful reasoner. Think step by step, show your reasoning, then state the answer.",
+    ),
+    ModelVariantConfig(
+        name="phi4-mini-coder",
+        temperature=0.5,
+        top_p=0.9,
+        system="You are a senior software engineer. Write clean, idiomatic, well-tested code and explain briefly.",
+    ),
+)
+
+
+class OllamaBackendConfig(BackendConfig):
+    # A tag from the Ollama library, pulled once into the model volume.
+    model: str = "phi4-mini:3.8b"
+    variants: tuple[ModelVariantConfig, ...] = DEFAULT_VARIANTS
+    num_parallel: Annotated[int, Field(ge=1, le=64)] = 4
+    max_loaded_models: Annotated[int, Field(ge=1, le=16)] = 3
+    flash_attention: bool = True
+    # Keep models loaded: Ollama unloads after 5 idle minutes by default. "-1" keeps them forever.
+    keep_alive: str = "-1"
+    resources: ResourcesConfig = ResourcesConfig(cpu="4", memory="12Gi")
+
+    @field_validator("model")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$", value):
+            raise ValueError(f"{value!r} is not an Ollama model reference like 'phi4-mini:3.8b'")
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str) -> str:
+        if not re.match(r"^(-1|0|\d+[smh]?)$", value):
+            raise ValueError(f"{value!r} is not a keep-alive like '-1' (forever), '30m' or '24h'")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, value: tuple[ModelVariantConfig, ...]) -> tuple[ModelVariantConfig, ...]:
+        names = [v.name for v in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(repeated)}")
+        return value
 
 
 class OnnxBackendConfig(BackendConfig):
     conversion: ConversionConfig = ConversionConfig()
+    # The name clients pass as `model`.
+    served_model_name: str = "phi-4-mini-onnx"
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 16
+    max_waiting: Annotated[int, Field(ge=1, le=4096)] = 64
+    resources: ResourcesConfig = ResourcesConfig(cpu="4", memory="8Gi")
 
     @property
     def conversion_target(self) -> str:
@@ -290,12 +445,62 @@ class OnnxBackendConfig(BackendConfig):
 
 
 class BackendsConfig(_Model):
-    vllm: BackendConfig = BackendConfig()
-    ollama: BackendConfig = BackendConfig()
+    vllm: VllmBackendConfig = VllmBackendConfig()
+    ollama: OllamaBackendConfig = OllamaBackendConfig()
     onnx: OnnxBackendConfig = OnnxBackendConfig()
 
     def enabled(self) -> dict[str, BackendConfig]:
         return {name: b for name, b in (("vllm", self.vllm), ("ollama", self.ollama), ("onnx", self.onnx)) if b.enabled}
+
+
+class GatewayConfig(_Model):
+    """The one TLS entry point in front of every backend."""
+
+    # A DNS name you control: TLS from ACME (Let's Encrypt). Unset: a self-signed certificate.
+    domain: str | None = None
+    acme_email: str | None = None
+    acme_server: str = "https://acme-v02.api.letsencrypt.org/directory"
+    # path: https://<domain>/<backend>/v1; host: https://<backend>.<domain>/v1 (needs domain).
+    routing: Literal["path", "host"] = "path"
+    # No public address: an internal load balancer (aks) or a ClusterIP service.
+    internal_only: bool = False
+    # One API key is generated per client name; every route accepts any of them.
+    api_key_clients: tuple[str, ...] = ("default",)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,}$", value):
+            raise ValueError(f"{value!r} is not a DNS name like 'llm.example.com'")
+        return value
+
+    @field_validator("api_key_clients")
+    @classmethod
+    def _clients(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one client is needed; every route requires an API key")
+        for name in value:
+            if not re.match(r"^[a-z][a-z0-9-]{0,30}$", name):
+                raise ValueError(f"client {name!r}: use lowercase letters, digits and '-'")
+        if len(set(value)) != len(value):
+            raise ValueError("client names must be unique")
+        return value
+
+
+class AddonsConfig(_Model):
+    """Cluster add-ons the stack installs. Turn one off when the cluster already runs it."""
+
+    # None: installed when a backend uses a GPU.
+    nvidia_device_plugin: bool | None = None
+    envoy_gateway: bool = True
+    cert_manager: bool = True
+    keda: bool = True
+
+
+class WebUiConfig(_Model):
+    """Open WebUI in front of the backends, with its own sign-in (exposed at <gateway>/ui)."""
+
+    enabled: bool = False
 
 
 class StackSettings(_Model):
@@ -319,6 +524,9 @@ class StackSettings(_Model):
     cluster: ClusterConfig = ClusterConfig()
     storage: StorageConfig = StorageConfig()
     backends: BackendsConfig = BackendsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    addons: AddonsConfig = AddonsConfig()
+    web_ui: WebUiConfig = WebUiConfig()
 
     @field_validator("location")
     @classmethod
@@ -334,6 +542,10 @@ class StackSettings(_Model):
     @property
     def protect_resources(self) -> bool:
         return self.environment == "prod" if self.protect is None else self.protect
+
+    @property
+    def uses_gpu(self) -> bool:
+        return any(b.device == "gpu" for b in self.backends.enabled().values())
 
     @property
     def purge_protection(self) -> bool:
@@ -504,6 +716,7 @@ def cross_check(s: StackSettings, present_secrets: set[str]) -> list[Problem]:
         problems += _overlap_problems(s.network)
 
     problems += _section_problems(s)
+    problems += _gateway_problems(s)
     onnx = s.backends.onnx
     if onnx.enabled and onnx.conversion_target.split("-")[0] != ("cuda" if onnx.device == "gpu" else "cpu"):
         problems.append(
@@ -530,8 +743,39 @@ def _section_problems(s: StackSettings) -> list[Problem]:
             alias = to_camel(section)
             problems.append(Problem(f"{k}{alias}", "only used by Azure targets (aks, vm); remove it"))
 
-    if "storage" in explicit and s.target == "vm":
-        problems.append(Problem(f"{k}storage", "only used by Kubernetes targets (aks, cluster); remove it"))
+    for section in ("storage", "addons"):
+        if section in explicit and s.target == "vm":
+            problems.append(Problem(f"{k}{section}", "only used by Kubernetes targets (aks, cluster); remove it"))
+    return problems
+
+
+def _gateway_problems(s: StackSettings) -> list[Problem]:
+    k = f"{NAMESPACE}:gateway"
+    gw = s.gateway
+    problems: list[Problem] = []
+    if gw.routing == "host" and gw.domain is None:
+        problems.append(Problem(f"{k}.routing", "host routing needs gateway.domain (backends get <name>.<domain>)"))
+    if gw.domain is not None and gw.acme_email is None:
+        problems.append(Problem(f"{k}.acmeEmail", f"required with gateway.domain {gw.domain!r} (ACME account)"))
+    if gw.acme_email is not None and gw.domain is None:
+        problems.append(Problem(f"{k}.acmeEmail", "set, but gateway.domain is not: the certificate is self-signed"))
+    if gw.internal_only and gw.domain is not None:
+        problems.append(
+            Problem(f"{k}.internalOnly", "an internal-only gateway cannot pass ACME's public HTTP-01 challenge")
+        )
+    prefixes: dict[str, str] = {}
+    for name, backend in s.backends.enabled().items():
+        prefix = backend.route_prefix or name
+        if prefix in prefixes or prefix == "ui":
+            problems.append(
+                Problem(
+                    f"{NAMESPACE}:backends.{name}.routePrefix",
+                    f"{prefix!r} is already used by {prefixes.get(prefix, 'the web UI')}",
+                )
+            )
+        prefixes[prefix] = name
+    if s.web_ui.enabled and not s.backends.enabled():
+        problems.append(Problem(f"{NAMESPACE}:webUi.enabled", "the web UI needs at least one enabled backend"))
     return problems
 
 
