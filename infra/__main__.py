@@ -5,7 +5,7 @@ so `infra.*` imports resolve and infra/azure can never shadow another top-level 
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -20,6 +20,7 @@ from pulumi_azure_native import authorization, resources  # noqa: E402
 
 from infra import config  # noqa: E402
 from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs  # noqa: E402
+from infra.azure.gateway_address import GatewayAddress, GatewayAddressArgs  # noqa: E402
 from infra.azure.gpu_pool import pool_taints  # noqa: E402
 from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, HF_TOKEN_SECRET, SecretVault, SecretVaultArgs  # noqa: E402
 from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs  # noqa: E402
@@ -27,10 +28,20 @@ from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  #
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project  # noqa: E402
+from infra.endpoints import BACKEND_PORT, public_base_url, routes  # noqa: E402
 from infra.images import image_ref  # noqa: E402
+from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs  # noqa: E402
+from infra.k8s.api_keys import ApiKeys, ApiKeysArgs  # noqa: E402
+from infra.k8s.backends.ollama import OllamaBackend, OllamaBackendArgs  # noqa: E402
+from infra.k8s.backends.onnx import OnnxBackend, OnnxBackendArgs  # noqa: E402
+from infra.k8s.backends.serving import BackendPlatform  # noqa: E402
+from infra.k8s.backends.vllm import VllmBackend, VllmBackendArgs  # noqa: E402
 from infra.k8s.cluster_access import ExistingCluster, ExistingClusterArgs  # noqa: E402
 from infra.k8s.conversion import ModelConversion, ModelConversionArgs  # noqa: E402
-from infra.k8s.namespaces import WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
+from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS, ServingGateway, ServingGatewayArgs  # noqa: E402
+from infra.k8s.namespaces import WORKLOAD_NAMESPACE, WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
+from infra.k8s.network_policies import WorkloadNetworkPolicies, WorkloadNetworkPoliciesArgs  # noqa: E402
+from infra.k8s.web_ui import WebUi, WebUiArgs  # noqa: E402
 from infra.tags import stack_tags  # noqa: E402
 
 
@@ -41,7 +52,12 @@ class Platform:
     provider: k8s.Provider | None  # None on `vm`: Compose, not Kubernetes
     registry: pulumi.Input[str]
     gpu_taints: tuple[str, ...] = ()
+    # Labels every GPU pool's nodes carry (GPU pods select them).
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
     storage_class: str | None = None
+    # The host clients reach the gateway at, and how the gateway's Service gets that address.
+    gateway_host: pulumi.Input[str] | None = None
+    gateway_service_annotations: pulumi.Input[dict[str, str]] = field(default_factory=dict)
 
 
 def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
@@ -57,7 +73,11 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
     )
     if s.target == "aks":
         # Only the gateway's HTTPS port is published; the load balancer probes come from Azure's tag.
-        subnets = {"aks": SubnetSpec(str(s.network.aks_subnet), (InboundRule("https", 443, allowed or ["Internet"]),))}
+        inbound = [InboundRule("https", 443, allowed or ["Internet"])]
+        if s.gateway.domain is not None:
+            # ACME's HTTP-01 validation comes from anywhere; port 80 serves only the challenge and a redirect.
+            inbound.append(InboundRule("http-acme", 80, ["Internet"]))
+        subnets = {"aks": SubnetSpec(str(s.network.aks_subnet), tuple(inbound))}
     else:
         subnets = {
             "vm": SubnetSpec(
@@ -167,32 +187,93 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
     )
     pulumi.export("clusterName", cluster.name)
     pulumi.export("kubeconfig", cluster.kubeconfig)
-    taints = tuple(dict.fromkeys(t for pool in s.aks.gpu_pools for t in pool_taints(pool)))
+    address = GatewayAddress(
+        f"{name}-gateway",
+        GatewayAddressArgs(
+            resource_group_name=group.name,
+            location=s.location,
+            stack=cfg.stack,
+            subnet_id=net.subnet_ids["aks"],
+            subnet_cidr=str(s.network.aks_subnet),
+            internal_only=s.gateway.internal_only,
+            cluster_principal_id=cluster.principal_id,
+            subscription_id=client.subscription_id,
+            tags=tags,
+            protect=protect,
+        ),
+    )
+    pools = s.aks.gpu_pools
+    taints = tuple(dict.fromkeys(t for pool in pools for t in pool_taints(pool)))
+    common_labels = dict(set.intersection(*(set(p.labels.items()) for p in pools))) if pools else {}
     return Platform(
         provider=cluster.provider,
         registry=registry.login_server,
         gpu_taints=taints,
+        gpu_node_selector=common_labels,
         # Azure Files: ReadWriteMany, so every replica shares one copy of the model.
         storage_class=s.storage.class_name or "azurefile-csi-premium",
+        gateway_host=s.gateway.domain or address.host,
+        gateway_service_annotations=address.service_annotations,
     )
 
 
 def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
     """Everything above the cluster: the same code on aks and on any existing cluster."""
     s = cfg.settings
-    assert platform.provider is not None
+    provider = platform.provider
+    assert provider is not None
     labels = {"app.kubernetes.io/part-of": "slm-serving", "slm-serving/stack": cfg.stack}
-    namespace = WorkloadNamespace(f"slm-{cfg.stack}", WorkloadNamespaceArgs(provider=platform.provider, labels=labels))
-    onnx = s.backends.onnx
-    if onnx.enabled:
-        ModelConversion(
-            f"slm-{cfg.stack}-onnx",
+    name = f"slm-{cfg.stack}"
+    namespace = WorkloadNamespace(name, WorkloadNamespaceArgs(provider=provider, labels=labels))
+    in_namespace = pulumi.ResourceOptions(depends_on=[namespace])
+    addons = ClusterAddons(
+        name,
+        ClusterAddonsArgs(
+            provider=provider, config=s.addons, uses_gpu=s.uses_gpu, gpu_taints=platform.gpu_taints, labels=labels
+        ),
+    )
+    keys = ApiKeys(
+        f"{name}-api-keys",
+        ApiKeysArgs(provider=provider, namespace=namespace.name, clients=s.gateway.api_key_clients, labels=labels),
+        opts=in_namespace,
+    )
+    backend_platform = BackendPlatform(
+        provider=provider,
+        namespace=namespace.name,
+        labels=labels,
+        gpu_taints=platform.gpu_taints,
+        gpu_node_selector=platform.gpu_node_selector,
+        storage_class=platform.storage_class,
+        access_mode=s.storage.access_mode,
+        prometheus_url=s.monitoring.prometheus_url,
+    )
+    # ScaledObjects need KEDA's CRDs: after its chart when the stack installs it.
+    backend_opts = pulumi.ResourceOptions(depends_on=[namespace, *addons.keda_dependencies])
+    b = s.backends
+    if b.vllm.enabled:
+        VllmBackend(
+            f"{name}-vllm",
+            VllmBackendArgs(
+                platform=backend_platform,
+                config=b.vllm,
+                api_keys_secret=keys.backend_secret,
+                hf_token=cfg.secrets.hf_token,
+            ),
+            opts=backend_opts,
+        )
+    if b.ollama.enabled:
+        OllamaBackend(
+            f"{name}-ollama", OllamaBackendArgs(platform=backend_platform, config=b.ollama), opts=backend_opts
+        )
+    if b.onnx.enabled:
+        conversion = ModelConversion(
+            f"{name}-onnx",
             ModelConversionArgs(
-                provider=platform.provider,
+                provider=provider,
                 namespace=namespace.name,
                 image=pulumi.Output.from_input(platform.registry).apply(lambda r: image_ref(r, "converter")),
-                conversion=onnx.conversion,
-                target=onnx.conversion_target,
+                conversion=b.onnx.conversion,
+                target=b.onnx.conversion_target,
                 storage_class=platform.storage_class,
                 access_mode=s.storage.access_mode,
                 size_gb=s.storage.size_gb,
@@ -200,8 +281,87 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
                 tolerate_taints=platform.gpu_taints,
                 labels=labels,
             ),
-            opts=pulumi.ResourceOptions(depends_on=[namespace]),
+            opts=in_namespace,
         )
+        variant = "cuda" if b.onnx.device == "gpu" else "cpu"
+        OnnxBackend(
+            f"{name}-onnx-server",
+            OnnxBackendArgs(
+                platform=backend_platform,
+                config=b.onnx,
+                image=pulumi.Output.from_input(platform.registry).apply(lambda r: image_ref(r, "onnx-server", variant)),
+                conversion=conversion,
+                api_keys_secret=keys.backend_secret,
+            ),
+            opts=backend_opts,
+        )
+
+    served = routes(s)
+    in_cluster = {r.backend: f"http://{r.backend}.{WORKLOAD_NAMESPACE}.svc:{BACKEND_PORT}/v1" for r in served}
+    web_ui = None
+    if s.web_ui.enabled:
+        web_ui = WebUi(
+            f"{name}-web-ui",
+            WebUiArgs(
+                provider=provider,
+                namespace=namespace.name,
+                labels=labels,
+                backend_urls=list(in_cluster.values()),
+                api_keys_secret=keys.backend_secret,
+                storage_class=platform.storage_class,
+                access_mode=s.storage.access_mode,
+            ),
+            opts=in_namespace,
+        )
+    gateway = ServingGateway(
+        f"{name}-gateway",
+        ServingGatewayArgs(
+            provider=provider,
+            namespace=namespace.name,
+            config=s.gateway,
+            routes=served,
+            api_keys_secret=keys.gateway_secret,
+            labels=labels,
+            service_annotations=platform.gateway_service_annotations,
+            web_ui=web_ui is not None,
+            depends_on=[namespace, *addons.gateway_dependencies],
+        ),
+    )
+    WorkloadNetworkPolicies(
+        name,
+        WorkloadNetworkPoliciesArgs(
+            provider=provider,
+            namespace=namespace.name,
+            labels=labels,
+            gateway_namespace=PROXY_NAMESPACE,
+            gateway_pod_labels=PROXY_POD_LABELS,
+            monitoring_namespace=s.monitoring.namespace,
+            web_ui_labels=web_ui.labels if web_ui is not None else None,
+        ),
+        opts=in_namespace,
+    )
+
+    host = pulumi.Output.from_input(platform.gateway_host or s.gateway.address or gateway.in_cluster_host)
+    pulumi.export(
+        "endpoints",
+        host.apply(
+            lambda address: {
+                "gateway": {"address": address, "inClusterUrl": f"https://{gateway.in_cluster_host}"},
+                "backends": {
+                    r.backend: {
+                        "baseUrl": public_base_url(s, r, address),
+                        "model": r.models[0],
+                        "models": list(r.models),
+                        "inClusterUrl": in_cluster[r.backend],
+                    }
+                    for r in served
+                },
+                **({"webUi": f"https://{address}/"} if web_ui is not None else {}),
+            }
+        ),
+    )
+    pulumi.export("apiKeys", keys.keys)
+    pulumi.export("apiKey", keys.keys.apply(lambda k: k[s.gateway.api_key_clients[0]]))
 
 
 def main() -> None:

@@ -466,6 +466,16 @@ class GatewayConfig(_Model):
     internal_only: bool = False
     # One API key is generated per client name; every route accepts any of them.
     api_key_clients: tuple[str, ...] = ("default",)
+    # cluster target: the host clients reach the gateway at (your load balancer's name or IP, or
+    # `localhost:8443` with a port-forward). Unset: the gateway's in-cluster name.
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9.-]+(:\d{1,5})?$", value):
+            raise ValueError(f"{value!r} is not a host[:port] like 'llm.example.com' or 'localhost:8443'")
+        return value
 
     @field_validator("domain")
     @classmethod
@@ -497,6 +507,21 @@ class AddonsConfig(_Model):
     keda: bool = True
 
 
+class MonitoringConfig(_Model):
+    """Where Prometheus runs: its namespace may scrape the backends, and KEDA reads queue depth from it."""
+
+    namespace: str = "monitoring"
+    # prometheus-operated is the Service the Prometheus operator creates for every Prometheus.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/.*)?$", value):
+            raise ValueError(f"{value!r} is not an http(s) URL like 'http://prometheus.monitoring.svc:9090'")
+        return value
+
+
 class WebUiConfig(_Model):
     """Open WebUI in front of the backends, with its own sign-in (exposed at <gateway>/ui)."""
 
@@ -526,6 +551,7 @@ class StackSettings(_Model):
     backends: BackendsConfig = BackendsConfig()
     gateway: GatewayConfig = GatewayConfig()
     addons: AddonsConfig = AddonsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     web_ui: WebUiConfig = WebUiConfig()
 
     @field_validator("location")
@@ -759,6 +785,8 @@ def _gateway_problems(s: StackSettings) -> list[Problem]:
         problems.append(Problem(f"{k}.acmeEmail", f"required with gateway.domain {gw.domain!r} (ACME account)"))
     if gw.acme_email is not None and gw.domain is None:
         problems.append(Problem(f"{k}.acmeEmail", "set, but gateway.domain is not: the certificate is self-signed"))
+    if gw.address is not None and s.target != "cluster":
+        problems.append(Problem(f"{k}.address", f"only used by target cluster; {s.target} knows its own address"))
     if gw.internal_only and gw.domain is not None:
         problems.append(
             Problem(f"{k}.internalOnly", "an internal-only gateway cannot pass ACME's public HTTP-01 challenge")

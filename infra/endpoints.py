@@ -35,7 +35,9 @@ def served_models(settings: StackSettings, backend: str) -> tuple[str, ...]:
 
 
 def routes(settings: StackSettings) -> list[Route]:
-    return [Route(name, route_prefix(settings, name), served_models(settings, name)) for name in settings.backends.enabled()]
+    return [
+        Route(name, route_prefix(settings, name), served_models(settings, name)) for name in settings.backends.enabled()
+    ]
 
 
 def public_base_url(settings: StackSettings, route: Route, address: str) -> str:

@@ -27,6 +27,7 @@ def context_tag(paths: tuple[str, ...], root: Path = PROJECT_ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_ref(registry: str, name: str) -> str:
-    """`<registry>/slm-serving/<name>:<context hash>`."""
-    return f"{registry}/slm-serving/{name}:{context_tag(IMAGE_CONTEXTS[name])}"
+def image_ref(registry: str, name: str, variant: str = "cpu") -> str:
+    """`<registry>/slm-serving/<name>:<context hash>`; the CUDA build (`--build-arg VARIANT=cuda`) adds `-cuda`."""
+    suffix = "" if variant == "cpu" else f"-{variant}"
+    return f"{registry}/slm-serving/{name}:{context_tag(IMAGE_CONTEXTS[name])}{suffix}"

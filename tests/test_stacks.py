@@ -22,7 +22,12 @@ EXPECTED = {
         "azure-native:keyvault:Secret": 1,
         "azure-native:operationalinsights:Workspace": 1,
         "pulumi:providers:kubernetes": 1,
-        "kubernetes:core/v1:Namespace": 1,
+        # slm-serving plus the add-ons': device plugin, Envoy Gateway, cert-manager, KEDA.
+        "kubernetes:core/v1:Namespace": 5,
+        "kubernetes:helm.sh/v4:Chart": 4,
+        "kubernetes:apps/v1:Deployment": 3,
+        "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": 3,
+        "kubernetes:gateway.envoyproxy.io/v1alpha1:SecurityPolicy": 1,
     },
     "dev": {
         "azure-native:resources:ResourceGroup": 1,
@@ -33,10 +38,17 @@ EXPECTED = {
         "azure-native:keyvault:Vault": 1,
         "azure-native:network:NetworkSecurityGroup": 1,
     },
-    "local": {"pulumi:providers:kubernetes": 1, "kubernetes:core/v1:Namespace": 1},
+    "local": {
+        "pulumi:providers:kubernetes": 1,
+        # No GPU backend: no device plugin.
+        "kubernetes:core/v1:Namespace": 4,
+        "kubernetes:helm.sh/v4:Chart": 3,
+        "kubernetes:apps/v1:Deployment": 2,
+        "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": 2,
+    },
 }
 EXPORTS = {
-    "prod": {"target", "resourceGroup", "registryLoginServer", "clusterName", "kubeconfig"},
+    "prod": {"target", "resourceGroup", "registryLoginServer", "clusterName", "kubeconfig", "endpoints", "apiKeys", "apiKey"},
     "dev": {
         "target",
         "resourceGroup",
@@ -46,9 +58,9 @@ EXPORTS = {
         "vmSshPrivateKey",
         "grafanaAdminPassword",
     },
-    "local": {"target"},
+    "local": {"target", "endpoints", "apiKeys", "apiKey"},
 }
-SECRET_EXPORTS = {"kubeconfig", "vmSshPrivateKey", "grafanaAdminPassword"}
+SECRET_EXPORTS = {"kubeconfig", "vmSshPrivateKey", "grafanaAdminPassword", "apiKeys", "apiKey"}
 
 
 @pytest.mark.parametrize("preview", [False, True], ids=["known", "preview"])

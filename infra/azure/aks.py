@@ -137,6 +137,8 @@ class KubernetesCluster(pulumi.ComponentResource):
             ),
         )
         self.name = cluster.name
+        # The control plane's identity: it joins load balancers to the subnet and the gateway's address.
+        self.principal_id = cluster.identity.apply(lambda i: (i.principal_id if i else None) or "")
 
         window = aks.maintenance_window
         for config_name in ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule"):

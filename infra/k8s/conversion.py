@@ -16,11 +16,12 @@ import pulumi_kubernetes as k8s
 
 from infra.config import ConversionConfig
 from infra.conversion_plan import conversion_spec, converter_arguments
+from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod, tolerations
 
 MODELS_MOUNT = "/models"
 TOKEN_DIR = "/var/run/secrets/huggingface"  # noqa: S105 (a path)
 TOKEN_FILE = "token"  # noqa: S105 (a file name)
-CONVERTER_UID = 10001
+CONVERTER_UID = WORKLOAD_UID
 # The busybox the backend's wait step runs (pinned; only `test` and `sleep` are used).
 WAIT_IMAGE = "busybox:1.37.0"
 
@@ -39,21 +40,6 @@ class ModelConversionArgs:
     # Taints of the nodes the Job may run on (large nodes: the GPU pools), as "key=value:Effect".
     tolerate_taints: Sequence[str]
     labels: dict[str, str]
-
-
-def toleration(taint: str) -> k8s.core.v1.TolerationArgsDict:
-    key_value, effect = taint.rsplit(":", 1)
-    key, _, value = key_value.partition("=")
-    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
-
-
-def _restricted_container() -> k8s.core.v1.SecurityContextArgsDict:
-    return {
-        "allow_privilege_escalation": False,
-        "read_only_root_filesystem": True,
-        "run_as_non_root": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
 
 
 class ModelConversion(pulumi.ComponentResource):
@@ -122,18 +108,12 @@ class ModelConversion(pulumi.ComponentResource):
             "backoff_limit": 2,
             "active_deadline_seconds": conversion.deadline_minutes * 60,
             "template": {
-                "metadata": {"labels": {**labels, "slm-serving/conversion-key": self.key}},
+                "metadata": {"labels": {**labels, "slm-serving/conversion-key": self.key, DOWNLOADS_LABEL: "true"}},
                 "spec": {
                     "restart_policy": "Never",
                     "automount_service_account_token": False,
-                    "security_context": {
-                        "run_as_non_root": True,
-                        "run_as_user": CONVERTER_UID,
-                        "run_as_group": CONVERTER_UID,
-                        "fs_group": CONVERTER_UID,
-                        "seccomp_profile": {"type": "RuntimeDefault"},
-                    },
-                    "tolerations": [toleration(t) for t in args.tolerate_taints],
+                    "security_context": restricted_pod(CONVERTER_UID),
+                    "tolerations": tolerations(args.tolerate_taints),
                     "containers": [
                         {
                             "name": "convert",
@@ -146,7 +126,7 @@ class ModelConversion(pulumi.ComponentResource):
                                 "requests": {"cpu": conversion.cpu, "memory": conversion.memory},
                                 "limits": {"memory": conversion.memory},
                             },
-                            "security_context": _restricted_container(),
+                            "security_context": restricted_container(),
                         }
                     ],
                     "volumes": volumes,
@@ -183,5 +163,5 @@ class ModelConversion(pulumi.ComponentResource):
             "command": ["sh", "-c", f"until test -s {manifest}; do echo waiting for {manifest}; sleep 10; done"],
             "volume_mounts": [self.backend_mount()],
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
-            "security_context": {**_restricted_container(), "run_as_user": 65534, "run_as_group": 65534},
+            "security_context": {**restricted_container(), "run_as_user": 65534, "run_as_group": 65534},
         }

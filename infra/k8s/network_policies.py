@@ -1,0 +1,113 @@
+"""NetworkPolicies for the workload namespace: deny everything, then admit only the gateway to the
+backends, Prometheus to their metrics port, every pod to cluster DNS, and model downloads (HTTPS to
+the internet, never to private ranges or the instance metadata endpoint) for the pods that need them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.endpoints import BACKEND_PORT
+from infra.k8s.pods import DOWNLOADS_LABEL, SERVING_LABEL
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
+
+
+@dataclass(frozen=True)
+class WorkloadNetworkPoliciesArgs:
+    provider: k8s.Provider
+    namespace: pulumi.Input[str]
+    labels: dict[str, str]
+    gateway_namespace: str
+    gateway_pod_labels: dict[str, str]
+    monitoring_namespace: str
+    # Open WebUI's pod labels when it runs (it calls the backends and is reached through the gateway).
+    web_ui_labels: dict[str, str] | None = None
+    web_ui_port: int = 8080
+
+
+def _from_namespace(
+    namespace: str, pod_labels: dict[str, str] | None = None
+) -> k8s.networking.v1.NetworkPolicyPeerArgsDict:
+    peer: k8s.networking.v1.NetworkPolicyPeerArgsDict = {
+        "namespace_selector": {"match_labels": {NAMESPACE_NAME_LABEL: namespace}}
+    }
+    if pod_labels:
+        peer["pod_selector"] = {"match_labels": pod_labels}
+    return peer
+
+
+def _tcp(port: int) -> k8s.networking.v1.NetworkPolicyPortArgsDict:
+    return {"protocol": "TCP", "port": port}
+
+
+def policy_specs(args: WorkloadNetworkPoliciesArgs) -> dict[str, k8s.networking.v1.NetworkPolicySpecArgsDict]:
+    serving: k8s.meta.v1.LabelSelectorArgsDict = {"match_labels": {SERVING_LABEL: "true"}}
+    gateway = _from_namespace(args.gateway_namespace, args.gateway_pod_labels)
+    backend_clients: list[k8s.networking.v1.NetworkPolicyPeerArgsDict] = [gateway]
+    specs: dict[str, k8s.networking.v1.NetworkPolicySpecArgsDict] = {
+        "default-deny": {"pod_selector": {}, "policy_types": ["Ingress", "Egress"]},
+        "allow-dns": {
+            "pod_selector": {},
+            "policy_types": ["Egress"],
+            "egress": [
+                {
+                    "to": [_from_namespace("kube-system", {"k8s-app": "kube-dns"})],
+                    "ports": [{"protocol": "UDP", "port": 53}, _tcp(53)],
+                }
+            ],
+        },
+        "allow-metrics-scrape": {
+            "pod_selector": serving,
+            "policy_types": ["Ingress"],
+            "ingress": [{"from_": [_from_namespace(args.monitoring_namespace)], "ports": [_tcp(BACKEND_PORT)]}],
+        },
+        "allow-model-download": {
+            "pod_selector": {"match_labels": {DOWNLOADS_LABEL: "true"}},
+            "policy_types": ["Egress"],
+            "egress": [{"to": [{"ip_block": {"cidr": "0.0.0.0/0", "except_": PRIVATE_RANGES}}], "ports": [_tcp(443)]}],
+        },
+    }
+    if args.web_ui_labels is not None:
+        ui: k8s.meta.v1.LabelSelectorArgsDict = {"match_labels": args.web_ui_labels}
+        backend_clients.append({"pod_selector": ui})
+        specs["allow-gateway-to-web-ui"] = {
+            "pod_selector": ui,
+            "policy_types": ["Ingress"],
+            "ingress": [{"from_": [gateway], "ports": [_tcp(args.web_ui_port)]}],
+        }
+        specs["allow-web-ui-to-backends"] = {
+            "pod_selector": ui,
+            "policy_types": ["Egress"],
+            "egress": [{"to": [{"pod_selector": serving}], "ports": [_tcp(BACKEND_PORT)]}],
+        }
+    specs["allow-clients-to-backends"] = {
+        "pod_selector": serving,
+        "policy_types": ["Ingress"],
+        "ingress": [{"from_": backend_clients, "ports": [_tcp(BACKEND_PORT)]}],
+    }
+    return specs
+
+
+class WorkloadNetworkPolicies(pulumi.ComponentResource):
+    names: list[str]
+
+    def __init__(
+        self, name: str, args: WorkloadNetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("slm:k8s:WorkloadNetworkPolicies", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        labels = {**args.labels, "app.kubernetes.io/component": "network-policy"}
+        self.names = []
+        for policy, spec in policy_specs(args).items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy}",
+                metadata={"name": policy, "namespace": args.namespace, "labels": labels},
+                spec=spec,
+                opts=child,
+            )
+            self.names.append(policy)
+        self.register_outputs({"names": self.names})
