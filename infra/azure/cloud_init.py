@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from infra.compose import API_KEYS_CADDY_FILE, API_KEYS_FILE, DATA_FOLDERS, UPSTREAM_AUTH_CADDY_FILE
+
 APP_DIR = "/opt/slm-serving"
 DATA_DIR = "/var/lib/slm-serving"
 SECRETS_DIR = "/run/slm-serving/secrets"
@@ -21,7 +23,7 @@ class CloudInitArgs:
     compose_yaml: str
     gpu: bool
     key_vault_uri: str
-    # Key Vault secret name -> file name under SECRETS_DIR.
+    # Key Vault secret name -> file name under SECRETS_DIR; several secrets may share a file (a line each).
     secrets: tuple[tuple[str, str], ...]
     registry_login_server: str
 
@@ -33,14 +35,61 @@ umask 077
 mkdir -p {secrets_dir}
 imds='http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01'
 token=$(curl -fsS -H Metadata:true "$imds&resource=https%3A%2F%2Fvault.azure.net" | jq -r .access_token)
-fetch() {{
-  curl -fsS -H "Authorization: Bearer $token" "{vault_uri}secrets/$1?api-version=7.4" \\
-    | jq -j .value > "{secrets_dir}/$2.tmp"
+get() {{
+  # One secret's value on stdout; a failed request or a missing value stops the script.
+  body=$(curl -fsS -H "Authorization: Bearer $token" "{vault_uri}secrets/$1?api-version=7.4")
+  printf '%s' "$body" | jq -ej .value
+}}
+publish() {{
   # Readable by the containers' shared group (10001), nobody else.
-  chgrp 10001 "{secrets_dir}/$2.tmp" && chmod 0440 "{secrets_dir}/$2.tmp"
-  mv "{secrets_dir}/$2.tmp" "{secrets_dir}/$2"
+  chgrp 10001 "$1.tmp" && chmod 0440 "$1.tmp"
+  mv "$1.tmp" "$1"
+}}
+fetch() {{
+  # fetch FILE NAME...: one secret as is, or several one per line.
+  file="{secrets_dir}/$1"
+  shift
+  : > "$file.tmp"
+  if [ $# -eq 1 ]; then
+    get "$1" > "$file.tmp"
+  else
+    for name in "$@"; do
+      get "$name" >> "$file.tmp"
+      echo >> "$file.tmp"
+    done
+  fi
+  publish "$file"
 }}
 {fetches}
+"""
+
+# The TLS proxy's key check, generated from the fetched API keys (one per line): a matcher for
+# requests without a valid key, and the key the proxy sends upstream (the first; every backend
+# accepts it). The keys are generated letters and digits; anything else is refused, never written
+# into Caddy's configuration.
+_CADDY_KEYS = """
+keys="{secrets_dir}/{api_keys}"
+matcher="{secrets_dir}/{matcher}"
+upstream="{secrets_dir}/{upstream}"
+first=''
+{{
+  echo '@no_api_key {{'
+  echo '  not {{'
+  while IFS= read -r key || [ -n "$key" ]; do
+    [ -n "$key" ] || continue
+    case "$key" in
+      *[!A-Za-z0-9._~+/=-]*) echo "slm-fetch-secrets: an API key has characters Caddy would misread" >&2; exit 1 ;;
+    esac
+    [ -n "$first" ] || first=$key
+    printf '    header Authorization "Bearer %s"\\n' "$key"
+  done < "$keys"
+  echo '  }}'
+  echo '}}'
+}} > "$matcher.tmp"
+[ -n "$first" ] || {{ echo "slm-fetch-secrets: $keys holds no API key" >&2; exit 1; }}
+printf 'header_up Authorization "Bearer %s"\\n' "$first" > "$upstream.tmp"
+publish "$matcher"
+publish "$upstream"
 """
 
 # Docker logs in to ACR with the VM's managed identity: an Entra token exchanged for an ACR
@@ -92,6 +141,26 @@ WantedBy=multi-user.target
 _DOCKER_DAEMON = '{\n  "log-driver": "local",\n  "live-restore": true,\n  "no-new-privileges": true\n}\n'
 
 
+def fetch_secrets_script(args: CloudInitArgs) -> str:
+    """slm-fetch-secrets: each file's secrets from Key Vault, then the proxy's key check."""
+    files: dict[str, list[str]] = {}
+    for name, file in args.secrets:
+        files.setdefault(file, []).append(name)
+    script = _FETCH_SECRETS.format(
+        secrets_dir=SECRETS_DIR,
+        vault_uri=args.key_vault_uri,
+        fetches="\n".join(f"fetch {file} {' '.join(names)}" for file, names in files.items()),
+    )
+    if API_KEYS_FILE in files:
+        script += _CADDY_KEYS.format(
+            secrets_dir=SECRETS_DIR,
+            api_keys=API_KEYS_FILE,
+            matcher=API_KEYS_CADDY_FILE,
+            upstream=UPSTREAM_AUTH_CADDY_FILE,
+        )
+    return script
+
+
 def cloud_config(args: CloudInitArgs) -> str:
     """The `#cloud-config` user data for the VM."""
     write_files = [
@@ -100,11 +169,7 @@ def cloud_config(args: CloudInitArgs) -> str:
         {
             "path": "/usr/local/sbin/slm-fetch-secrets",
             "permissions": "0755",
-            "content": _FETCH_SECRETS.format(
-                secrets_dir=SECRETS_DIR,
-                vault_uri=args.key_vault_uri,
-                fetches="\n".join(f"fetch {name} {file}" for name, file in args.secrets),
-            ),
+            "content": fetch_secrets_script(args),
         },
         {
             "path": "/usr/local/sbin/slm-registry-login",
@@ -123,9 +188,13 @@ def cloud_config(args: CloudInitArgs) -> str:
             }
         )
         runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
+    # The services' folders on the data disk, owned by the user each runs as (the converter writes
+    # models, the ONNX server reads them; vLLM and Open WebUI run as root).
     runcmd += [
-        # The converter (uid 10001) writes models; the servers read them.
-        ["install", "-d", "-o", "10001", "-g", "10001", "-m", "0755", f"{DATA_DIR}/models"],
+        ["install", "-d", "-o", str(uid), "-g", str(uid), "-m", "0755", f"{DATA_DIR}/{folder}"]
+        for folder, uid in DATA_FOLDERS.items()
+    ]
+    runcmd += [
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", SERVICE],
     ]

@@ -1,0 +1,618 @@
+"""The VM's serving layer: the Compose project (backends, Open WebUI, TLS proxy) checked against the
+Compose specification's schema, the proxy's API-key check (statically and, where Caddy is installed,
+end to end), the Modelfiles, and the boot script that turns Key Vault secrets into the proxy's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from infra.azure.cloud_init import CloudInitArgs, fetch_secrets_script
+from infra.azure.vm import decode_custom_data
+from infra.compose import (
+    API_KEYS_CADDY_FILE,
+    CADDY_IMAGE,
+    DATA_FOLDERS,
+    UPSTREAM_AUTH_CADDY_FILE,
+    caddyfile,
+    compose_project,
+    vm_generated_secrets,
+    vm_secret_files,
+)
+from infra.config import NAMESPACE, ModelVariantConfig, StackSettings, _decode, cross_check
+from infra.endpoints import routes
+from infra.modelfiles import modelfile
+from infra.recording import Recording, Secret
+from infra.render import PLACEHOLDER, read_stack_config
+from tests.conftest import run_stack, stack_value
+
+SCHEMA = Path(__file__).parent / "data" / "compose" / "compose-spec.json"
+VM = "azure-native:compute:VirtualMachine"
+BACKENDS = ("vllm", "ollama", "onnx")
+REGISTRY = "slmdev.azurecr.io"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def compose_errors(document: Any) -> list[str]:
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def settings_for(stack: str = "dev", overrides: dict[str, Any] | None = None) -> StackSettings:
+    """A stack file's settings (plus overrides) as config.load() validates them, without Pulumi."""
+    raw = {
+        key.split(":", 1)[1]: _decode(value)
+        for key, value in read_stack_config(stack).config.items()
+        if key.startswith(f"{NAMESPACE}:") and key.split(":", 1)[1] != "hfToken"
+    }
+    settings = StackSettings.model_validate_json(json.dumps(raw | (overrides or {})))
+    assert cross_check(settings, {"hfToken"}) == []
+    return settings
+
+
+def interpolated(value: Any) -> Any:
+    """What Compose makes of the file's strings: `$$` is a literal `$`."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, dict):
+        return {k: interpolated(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolated(v) for v in value]
+    return value
+
+
+def render(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    return yaml.safe_load(compose_project(settings_for("dev", overrides), REGISTRY))
+
+
+def custom_data(rec: Recording) -> str:
+    return decode_custom_data(rec.one(VM).plain["osProfile"]["customData"])
+
+
+def vm_files(rec: Recording) -> dict[str, str]:
+    return {f["path"]: f["content"] for f in yaml.safe_load(custom_data(rec))["write_files"]}
+
+
+def vm_compose(rec: Recording) -> dict[str, Any]:
+    return yaml.safe_load(vm_files(rec)["/opt/slm-serving/compose.yaml"])
+
+
+def backends_with(**changes: dict[str, Any]) -> dict[str, Any]:
+    backends = stack_value("dev", "backends")
+    for name, change in changes.items():
+        backends[name] = {**backends.get(name, {}), **change}
+    return backends
+
+
+def cpu_only() -> dict[str, Any]:
+    """A CPU VM: vLLM off (it needs a GPU here), Ollama and ONNX on CPU."""
+    return {
+        "vm": {"size": "Standard_D8s_v5"},
+        "backends": backends_with(vllm={"enabled": False}, ollama={"device": "cpu"}),
+    }
+
+
+def parse_modelfile(text: str) -> list[tuple[str, str]]:
+    """Ollama's Modelfile parser (parser/parser.go ParseFile), ported for what our files use: a value
+    ends at the first line break where the trimmed text so far is a complete (quoted) value."""
+    commands: list[tuple[str, str]] = []
+    lines = text.replace("\r\n", "\n").split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, value = line.strip().partition(" ")
+        name = {"from": "model"}.get(name.lower(), name.lower())
+        if name == "parameter":
+            name, _, value = value.partition(" ")
+        buffer = value
+        while True:
+            trimmed = buffer.strip()
+            if trimmed.startswith('"""'):
+                if len(trimmed) >= 6 and trimmed.endswith('"""'):
+                    commands.append((name, trimmed[3:-3]))
+                    break
+            elif trimmed.startswith('"'):
+                if len(trimmed) >= 2 and trimmed.endswith('"'):
+                    commands.append((name, trimmed[1:-1]))
+                    break
+            else:
+                commands.append((name, trimmed))
+                break
+            if i >= len(lines):
+                raise ValueError(f"unterminated value for {name}")
+            buffer += "\n" + lines[i]
+            i += 1
+    return commands
+
+
+# --- the rendered file -------------------------------------------------------------------------
+
+
+def test_dev_compose_file_matches_the_compose_specification(rendered: Any) -> None:
+    compose = vm_compose(rendered("dev"))
+    assert compose_errors(compose) == []
+    assert {"proxy", "vllm", "ollama", "ollama-models", "onnx", "convert"} <= set(compose["services"])
+
+
+def test_every_variant_of_the_file_matches_the_specification() -> None:
+    web_ui = render({"webUi": {"enabled": True}})
+    host = render(
+        {
+            "webUi": {"enabled": True},
+            "gateway": {"domain": "llm.example.com", "acmeEmail": "ops@example.com", "routing": "host"},
+        }
+    )
+    cpu = render(cpu_only())
+    for document in (web_ui, host, cpu):
+        assert compose_errors(document) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"services": {"a": {"image": "x", "restrat": "always"}}}, "'restrat' was unexpected"),
+        (
+            {"services": {"a": {"image": "x", "deploy": {"resources": {"reservations": {"devices": [{"count": 1}]}}}}}},
+            "'capabilities' is a required property",
+        ),
+        (
+            {"services": {"a": {"image": "x", "depends_on": {"b": {"condition": "done"}}}}},
+            "is not valid under any of the given schemas",
+        ),
+        ({"services": [{"image": "x"}]}, "is not of type 'object'"),
+    ],
+)
+def test_the_schema_check_rejects_broken_documents(document: dict[str, Any], expected: str) -> None:
+    assert any(expected in e for e in compose_errors(document)), compose_errors(document)
+
+
+def test_dollars_are_escaped_so_compose_interpolates_nothing() -> None:
+    text = compose_project(settings_for(), REGISTRY)
+    assert re.search(r"(?<!\$)\$(?!\$)", text.replace("$$", "")) is None
+    compose = interpolated(yaml.safe_load(text))
+    from infra.compose import MONITORING
+
+    alerts = MONITORING / "rules" / "alerts.rules.yml"
+    assert "$labels" in alerts.read_text()
+    assert compose["configs"]["rules-alerts.rules"]["content"] == alerts.read_text()
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+def _gpu_reserved(service: dict[str, Any]) -> bool:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_gpu_backends_reserve_a_gpu_and_cpu_backends_do_not(rendered: Any) -> None:
+    services = vm_compose(rendered("dev"))["services"]
+    configured = stack_value("dev", "backends")
+    for name in BACKENDS:
+        assert _gpu_reserved(services[name]) is (configured[name]["device"] == "gpu"), name
+    cpu = render(cpu_only())
+    assert not any(_gpu_reserved(s) for s in cpu["services"].values())
+
+
+def test_backends_listen_on_8000_inside_the_network_only_with_limits_from_config(rendered: Any) -> None:
+    settings = settings_for()
+    services = vm_compose(rendered("dev"))["services"]
+    for name, backend in settings.backends.enabled().items():
+        service = services[name]
+        assert "ports" not in service and "network_mode" not in service, name
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["cpus"] == backend.resources.cpu
+        assert limits["memory"] == backend.resources.memory.replace("Gi", "g")
+    assert "--port" in services["vllm"]["command"] and "8000" in services["vllm"]["command"]
+    assert services["ollama"]["environment"]["OLLAMA_HOST"] == "0.0.0.0:8000"
+    onnx = services["onnx"]["command"]
+    assert onnx[onnx.index("--port") + 1] == "8000"
+
+
+def test_only_the_proxy_publishes_a_port_on_a_public_interface(rendered: Any) -> None:
+    for compose in (vm_compose(rendered("dev")), render({"webUi": {"enabled": True}})):
+        for name, service in compose["services"].items():
+            ports = service.get("ports", [])
+            if name == "proxy":
+                assert ports == ["443:8443"]
+            else:
+                assert all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+
+
+def test_healthchecks_and_restart_policies(rendered: Any) -> None:
+    settings = settings_for()
+    services = vm_compose(rendered("dev"))["services"]
+    for name, backend in settings.backends.enabled().items():
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD" and check["start_period"] == f"{backend.startup_minutes}m", name
+        assert services[name]["restart"] == "unless-stopped"
+    assert any("/health" in part for part in services["vllm"]["healthcheck"]["test"])
+    assert services["ollama"]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
+    assert "http://127.0.0.1:8081/healthz" in services["proxy"]["healthcheck"]["test"]
+    assert services["proxy"]["restart"] == "unless-stopped"
+    assert services["ollama-models"]["restart"] == "on-failure" and services["convert"]["restart"] == "no"
+    assert services["ollama-models"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    assert services["onnx"]["depends_on"] == {"convert": {"condition": "service_completed_successfully"}}
+
+
+def test_services_are_hardened_and_exceptions_are_the_documented_ones() -> None:
+    services = render({"webUi": {"enabled": True}})["services"]
+    for name, service in services.items():
+        assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"], name
+        assert service.get("read_only") is (name != "webui"), name
+        assert service.get("privileged") is not True and service.get("ipc") != "host", name
+    unprivileged = {"ollama", "ollama-models", "onnx", "convert", "proxy"}
+    assert all(services[n]["user"] == "10001:10001" for n in unprivileged)
+    assert services["proxy"]["cap_add"] == ["NET_BIND_SERVICE"]
+    assert services["onnx"]["volumes"] == ["/var/lib/slm-serving/models:/models:ro"]
+
+
+def test_vllm_arguments_come_from_the_config_and_its_key_from_a_file() -> None:
+    vllm = {"quantization": "awq", "toolCallParser": None, "servedModelName": "phi4", "maxModelLen": 8192}
+    service = interpolated(render({"backends": backends_with(vllm=vllm)}))["services"]["vllm"]
+    args = service["command"]
+
+    def value(flag: str) -> str:
+        return args[args.index(flag) + 1]
+
+    assert value("--model") == "microsoft/Phi-4-mini-instruct" and value("--revision") == "main"
+    assert value("--served-model-name") == "phi4" and value("--max-model-len") == "8192"
+    assert value("--quantization") == "awq" and "--enable-auto-tool-choice" not in args
+    assert value("--gpu-memory-utilization") == "0.9" and value("--max-num-seqs") == "64"
+    default = interpolated(render())["services"]["vllm"]
+    tool = default["command"]
+    assert tool[tool.index("--tool-call-parser") + 1] == "phi4_mini_json" and "--quantization" not in tool
+    assert "VLLM_API_KEY" not in default["environment"] and "--api-key" not in tool
+    script = default["entrypoint"][2]
+    assert 'VLLM_API_KEY="$(head -n 1 /run/secrets/api_keys)"' in script and 'exec vllm serve "$@"' in script
+    assert default["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf_token"
+    assert set(default["secrets"]) == {"hf_token", "api_keys"} and default["shm_size"] == "2gb"
+
+
+def test_onnx_serves_the_converted_model_with_the_key_file(rendered: Any) -> None:
+    from convert.key import ConversionSpec  # noqa: F401 (the key module the conversion shares)
+    from infra.conversion_plan import conversion_spec
+
+    settings = settings_for()
+    key = conversion_spec(settings.backends.onnx.conversion, settings.backends.onnx.conversion_target).key()
+    onnx = vm_compose(rendered("dev"))["services"]["onnx"]
+    args = onnx["command"]
+    assert args[args.index("--model") + 1] == f"/models/{key}"
+    assert args[args.index("--api-key-file") + 1] == "/run/secrets/api_keys"
+    assert args[args.index("--served-model-name") + 1] == settings.backends.onnx.served_model_name
+    assert args[args.index("--max-batch") + 1] == "16" and args[args.index("--max-waiting") + 1] == "64"
+    assert onnx["image"].startswith(f"{REGISTRY}/slm-serving/onnx-server:")
+    assert not onnx["image"].endswith("-cuda") and not _gpu_reserved(onnx)
+    gpu = render({"backends": backends_with(onnx={"device": "gpu"})})["services"]["onnx"]
+    assert gpu["image"].endswith("-cuda") and _gpu_reserved(gpu)
+
+
+def test_ollama_variants_become_modelfiles(rendered: Any) -> None:
+    settings = settings_for()
+    compose = interpolated(vm_compose(rendered("dev")))
+    puller = compose["services"]["ollama-models"]
+    assert puller["environment"]["OLLAMA_HOST"] == "http://ollama:8000"
+    script = puller["entrypoint"][2]
+    base = settings.backends.ollama.model
+    assert f"ollama pull {base}" in script
+    for variant in settings.backends.ollama.variants:
+        content = compose["configs"][f"modelfile-{variant.name}"]["content"]
+        commands = dict(parse_modelfile(content))
+        assert commands["model"] == base
+        assert float(commands["temperature"]) == variant.temperature and float(commands["top_p"]) == variant.top_p
+        assert commands["system"] == variant.system
+        assert f"ollama create {variant.name} -f /modelfiles/{variant.name}" in script
+        assert {"source": f"modelfile-{variant.name}", "target": f"/modelfiles/{variant.name}"} in puller["configs"]
+    env = compose["services"]["ollama"]["environment"]
+    assert env["OLLAMA_KEEP_ALIVE"] == "-1" and env["OLLAMA_FLASH_ATTENTION"] == "1"
+    assert env["OLLAMA_NUM_PARALLEL"] == "4" and env["OLLAMA_MAX_LOADED_MODELS"] == "3"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_disabling_a_backend_removes_its_service_route_and_modelfiles(backend: str) -> None:
+    rec = run_stack("dev", {"backends": backends_with(**{backend: {"enabled": False}})})
+    compose = vm_compose(rec)
+    services, configs = compose["services"], compose["configs"]
+    proxy = configs["caddyfile"]["content"]
+    assert backend not in services and f"handle_path /{backend}/*" not in proxy
+    for other in set(BACKENDS) - {backend}:
+        assert other in services and f"handle_path /{other}/*" in proxy
+    if backend == "ollama":
+        assert "ollama-models" not in services and not any(c.startswith("modelfile-") for c in configs)
+    if backend == "onnx":
+        assert "convert" not in services
+    assert compose_errors(compose) == []
+
+
+# --- the proxy ---------------------------------------------------------------------------------
+
+
+def _site_blocks(text: str) -> dict[str, str]:
+    """`handle_path /<prefix>/* { ... }` blocks by prefix (balanced braces)."""
+    blocks: dict[str, str] = {}
+    for match in re.finditer(r"handle_path /([a-z0-9-]+)/\* \{", text):
+        depth, end = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        blocks[match.group(1)] = text[match.end() : end - 1]
+    return blocks
+
+
+def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
+    settings = settings_for(overrides={"webUi": {"enabled": True}})
+    text = caddyfile(settings)
+    assert text.count("import /run/secrets/api_keys_caddy") == 1
+    blocks = _site_blocks(text)
+    assert set(blocks) == {r.prefix for r in routes(settings)} | {"ui"}
+    for route in routes(settings):
+        block = blocks[route.prefix]
+        guard, proxied = block.index("handle @no_api_key {"), block.index(f"reverse_proxy {route.backend}:8000")
+        assert guard < proxied and "401" in block[guard:proxied]
+        assert "flush_interval -1" in block and "import /run/secrets/upstream_auth_caddy" in block
+    assert "@no_api_key" not in blocks["ui"] and "reverse_proxy webui:8080" in blocks["ui"]
+    assert "tls internal" in text
+
+
+def test_a_domain_gets_acme_and_host_routing_a_site_per_backend() -> None:
+    gateway = {"domain": "llm.example.com", "acmeEmail": "ops@example.com"}
+    path = caddyfile(settings_for(overrides={"gateway": gateway}))
+    assert "llm.example.com {" in path and "tls ops@example.com" in path and "tls internal" not in path
+    host = caddyfile(settings_for(overrides={"gateway": {**gateway, "routing": "host"}}))
+    for name in BACKENDS:
+        assert f"{name}.llm.example.com {{" in host
+    assert host.count("import /run/secrets/api_keys_caddy") == 3
+
+
+def test_web_ui_reaches_the_backends_with_keys_from_files() -> None:
+    compose = interpolated(render({"webUi": {"enabled": True}}))
+    webui = compose["services"]["webui"]
+    env = webui["environment"]
+    assert env["WEBUI_AUTH"] == "True"
+    assert env["OPENAI_API_BASE_URLS"] == "http://vllm:8000/v1;http://ollama:8000/v1;http://onnx:8000/v1"
+    assert "OPENAI_API_KEYS" not in env and "WEBUI_SECRET_KEY" not in env
+    assert '"$(cat /run/secrets/webui_secret_key)"' in webui["entrypoint"][2]
+    assert set(webui["secrets"]) == {"api_keys", "webui_secret_key"}
+    assert compose["secrets"]["webui_secret_key"] == {"file": "/run/slm-serving/secrets/webui_secret_key"}
+    assert "webui" not in render()["services"]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def _secret_values(rec: Recording) -> list[str]:
+    values = [PLACEHOLDER]
+    for secret in rec.of_type("azure-native:keyvault:Secret"):
+        value = secret.inputs["properties"]["value"]
+        assert isinstance(value, Secret)
+        values.append(value.value)
+    return values
+
+
+def test_no_secret_value_in_the_compose_file_or_the_custom_data(rendered: Any) -> None:
+    rec = rendered("dev")
+    text, encoded = custom_data(rec), rec.one(VM).plain["osProfile"]["customData"]
+    values = _secret_values(rec)
+    assert len(values) >= 4  # the placeholder HF token, Grafana's password and at least one API key
+    for value in values:
+        assert value and value not in text and value not in encoded
+
+
+def test_api_keys_are_generated_per_client_fetched_into_one_file_and_exported() -> None:
+    rec = run_stack("dev", {"gateway": {"apiKeyClients": ["default", "ci"]}})
+    stored = {s.inputs["secretName"] for s in rec.of_type("azure-native:keyvault:Secret")}
+    assert {"api-key-default", "api-key-ci", "grafana-admin-password", "hf-token"} <= stored
+    fetch = vm_files(rec)["/usr/local/sbin/slm-fetch-secrets"]
+    assert "fetch api_keys api-key-default api-key-ci" in fetch
+    keys = rec.exports["apiKeys"]
+    assert isinstance(keys, Secret) and set(keys.value) == {"default", "ci"}
+
+
+def test_endpoints_export_names_each_backends_url_and_models(rendered: Any) -> None:
+    rec = rendered("dev")
+    endpoints = rec.exports["endpoints"]
+    assert endpoints["gateway"]["address"] == "198.51.100.7"
+    backends = endpoints["backends"]
+    assert set(backends) == set(BACKENDS)
+    assert backends["vllm"]["baseUrl"] == "https://198.51.100.7/vllm/v1"
+    assert backends["ollama"]["models"][0] == backends["ollama"]["model"] == "phi4-mini:3.8b"
+    assert isinstance(rec.exports["apiKey"], Secret)
+
+
+def test_vm_secret_helpers() -> None:
+    settings = settings_for(overrides={"gateway": {"apiKeyClients": ["a", "b"]}, "webUi": {"enabled": True}})
+    assert vm_generated_secrets(settings) == ("grafana-admin-password", "api-key-a", "api-key-b", "webui-secret-key")
+    files = dict(vm_secret_files(settings))
+    assert files["hf-token"] == "hf_token" and files["api-key-a"] == files["api-key-b"] == "api_keys"
+    assert vm_generated_secrets(settings_for()) == ("grafana-admin-password", "api-key-default")
+
+
+def test_boot_creates_the_data_folders(rendered: Any) -> None:
+    runcmd = yaml.safe_load(custom_data(rendered("dev")))["runcmd"]
+    for folder, uid in DATA_FOLDERS.items():
+        owner = str(uid)
+        assert ["install", "-d", "-o", owner, "-g", owner, "-m", "0755", f"/var/lib/slm-serving/{folder}"] in runcmd
+
+
+# --- Modelfiles --------------------------------------------------------------------------------
+
+
+def test_modelfile_carries_the_variants_sampling_and_prompt() -> None:
+    variant = ModelVariantConfig(
+        name="terse", temperature=0.2, top_p=0.5, system='Answer in one line.\nQuote "exactly".'
+    )
+    text = modelfile("phi4-mini:3.8b", variant)
+    assert text.splitlines()[:3] == ["FROM phi4-mini:3.8b", "PARAMETER temperature 0.2", "PARAMETER top_p 0.5"]
+    assert parse_modelfile(text) == [
+        ("model", "phi4-mini:3.8b"),
+        ("temperature", "0.2"),
+        ("top_p", "0.5"),
+        ("system", variant.system),
+    ]
+
+
+def test_modelfile_without_a_system_prompt_keeps_the_base_models() -> None:
+    text = modelfile("phi4-mini:3.8b", ModelVariantConfig(name="plain", temperature=1, top_p=1))
+    assert "SYSTEM" not in text and "PARAMETER temperature 1\n" in text
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        'Write docstrings like """this"""\nand keep going.',
+        'Ends a line with """\nstill the prompt',
+        '""""""',
+        'Say "hi"',
+    ],
+)
+def test_triple_quotes_in_a_system_prompt_cannot_end_the_block(system: str) -> None:
+    text = modelfile("base", ModelVariantConfig(name="v", system=system))
+    commands = parse_modelfile(text)
+    assert [name for name, _ in commands] == ["model", "temperature", "top_p", "system"]
+    assert commands[-1][1] == system.replace('"""', "'''")
+
+
+# --- the boot script and the proxy, run for real ----------------------------------------------
+
+
+@pytest.fixture
+def fetched_secrets(tmp_path: Path) -> Path:
+    """slm-fetch-secrets run against a stand-in for curl (IMDS and Key Vault), writing to tmp_path."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed (the VM's cloud-init installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("the script gives files to group 10001, which needs root")
+    bin_dir, out = tmp_path / "bin", tmp_path / "secrets"
+    bin_dir.mkdir()
+    curl = bin_dir / "curl"
+    curl.write_text(
+        '#!/bin/sh\nfor a; do url=$a; done\ncase "$url" in\n'
+        '  *metadata*) echo \'{"access_token": "t"}\' ;;\n'
+        '  *secrets/api-key-default*) echo \'{"value": "KeyDefault1"}\' ;;\n'
+        '  *secrets/api-key-ci*) echo \'{"value": "KeyCi2"}\' ;;\n'
+        '  *) echo \'{"value": "s3cret"}\' ;;\nesac\n'
+    )
+    curl.chmod(0o755)
+    settings = settings_for(overrides={"gateway": {"apiKeyClients": ["default", "ci"]}})
+    args = CloudInitArgs("", False, "https://kv.vault.azure.net/", vm_secret_files(settings), "acr.azurecr.io")
+    script = tmp_path / "fetch"
+    script.write_text(fetch_secrets_script(args).replace("/run/slm-serving/secrets", str(out)))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["sh", str(script)], check=True, env=env, capture_output=True, text=True)
+    return out
+
+
+def test_boot_script_writes_the_keys_and_the_proxys_files(fetched_secrets: Path) -> None:
+    assert (fetched_secrets / "api_keys").read_text() == "KeyDefault1\nKeyCi2\n"
+    assert (fetched_secrets / "hf_token").read_text() == "s3cret"
+    matcher = (fetched_secrets / API_KEYS_CADDY_FILE).read_text()
+    assert 'header Authorization "Bearer KeyDefault1"' in matcher and 'header Authorization "Bearer KeyCi2"' in matcher
+    assert (fetched_secrets / UPSTREAM_AUTH_CADDY_FILE).read_text() == 'header_up Authorization "Bearer KeyDefault1"\n'
+    for path in fetched_secrets.iterdir():
+        stat = path.stat()
+        assert (stat.st_mode & 0o777, stat.st_gid) == (0o440, 10001), path.name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"path": self.path, "authorization": self.headers.get("Authorization")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[str]:
+    """The rendered Caddyfile run by a local Caddy on loopback, backends replaced by an echo server."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.skip(f"caddy is not installed (Debian's `caddy` package; the VM runs {CADDY_IMAGE})")
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    https, http, health = _free_port(), _free_port(), _free_port()
+    text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}))
+    text = text.replace("https_port 8443", f"https_port {https}").replace("http_port 8080", f"http_port {http}")
+    text = text.replace(":8443 {", f":{https} {{\n\tbind 127.0.0.1").replace("8081", str(health))
+    text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", f"127.0.0.1:{upstream.server_port}", text)
+    for name in (API_KEYS_CADDY_FILE, UPSTREAM_AUTH_CADDY_FILE):
+        text = text.replace(f"/run/secrets/{name.replace('.', '_')}", str(fetched_secrets / name))
+    (tmp_path / "Caddyfile").write_text(text)
+    home = tmp_path / "caddy-home"
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
+    process = subprocess.Popen(
+        [caddy, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(process.stderr.read().decode() if process.stderr else "caddy failed") from None
+                time.sleep(0.2)
+        yield f"https://127.0.0.1:{https}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        upstream.shutdown()
+
+
+def _get(url: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # Caddy's internal CA
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_proxy_admits_only_requests_with_a_key_and_forwards_the_upstream_key(proxy: str) -> None:
+    for prefix in BACKENDS:
+        status, body = _get(f"{proxy}/{prefix}/v1/models")
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert _get(f"{proxy}/{prefix}/v1/models", "KeyWrong")[0] == 401
+        for key in ("KeyDefault1", "KeyCi2"):
+            status, body = _get(f"{proxy}/{prefix}/v1/models", key)
+            assert status == 200 and body == {"path": "/v1/models", "authorization": "Bearer KeyDefault1"}
+    status, body = _get(f"{proxy}/ui/")
+    assert status == 200 and body["authorization"] is None  # Open WebUI signs its users in itself
