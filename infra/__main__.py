@@ -22,12 +22,12 @@ from infra import config  # noqa: E402
 from infra.azure.aks import KubernetesCluster, KubernetesClusterArgs  # noqa: E402
 from infra.azure.gateway_address import GatewayAddress, GatewayAddressArgs  # noqa: E402
 from infra.azure.gpu_pool import pool_taints  # noqa: E402
-from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, HF_TOKEN_SECRET, SecretVault, SecretVaultArgs  # noqa: E402
+from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, SecretVault, SecretVaultArgs, api_key_secret  # noqa: E402
 from infra.azure.log_analytics import LogAnalytics, LogAnalyticsArgs  # noqa: E402
 from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  # noqa: E402
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
-from infra.compose import compose_project  # noqa: E402
+from infra.compose import compose_project, vm_generated_secrets, vm_secret_files  # noqa: E402
 from infra.endpoints import BACKEND_PORT, public_base_url, routes  # noqa: E402
 from infra.images import image_ref  # noqa: E402
 from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs  # noqa: E402
@@ -58,6 +58,32 @@ class Platform:
     # The host clients reach the gateway at, and how the gateway's Service gets that address.
     gateway_host: pulumi.Input[str] | None = None
     gateway_service_annotations: pulumi.Input[dict[str, str]] = field(default_factory=dict)
+
+
+def _export_vm_endpoints(s: config.StackSettings, public_ip: pulumi.Output[str], vault: SecretVault) -> None:
+    """The same `endpoints`, `apiKeys` and `apiKey` exports as the Kubernetes targets, for the VM's proxy."""
+    keys = pulumi.Output.secret(
+        pulumi.Output.all(**{c: vault.generated[api_key_secret(c)] for c in s.gateway.api_key_clients})
+    )
+    pulumi.export(
+        "endpoints",
+        public_ip.apply(
+            lambda ip: {
+                "gateway": {"address": s.gateway.domain or ip},
+                "backends": {
+                    r.backend: {
+                        "baseUrl": public_base_url(s, r, s.gateway.domain or ip),
+                        "model": r.models[0],
+                        "models": list(r.models),
+                    }
+                    for r in routes(s)
+                },
+                **({"webUi": f"https://{s.gateway.domain or ip}/ui/"} if s.web_ui.enabled else {}),
+            }
+        ),
+    )
+    pulumi.export("apiKeys", keys)
+    pulumi.export("apiKey", keys.apply(lambda k: k[s.gateway.api_key_clients[0]]))
 
 
 def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
@@ -117,8 +143,9 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
             soft_delete_retention_days=s.key_vault.soft_delete_retention_days,
             purge_protection=s.purge_protection,
             hf_token=cfg.secrets.hf_token,
-            # The VM's Grafana reads its admin password from Key Vault at boot.
-            generated_secrets=(GRAFANA_PASSWORD_SECRET,) if s.target == "vm" else (),
+            # The VM reads these at boot: Grafana's admin password, one API key per client (and Open
+            # WebUI's session key when it runs).
+            generated_secrets=vm_generated_secrets(s) if s.target == "vm" else (),
             tags=tags,
             protect=protect,
         ),
@@ -137,12 +164,10 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
                 registry_id=registry.id,
                 key_vault_id=vault.id,
                 key_vault_uri=vault.uri,
-                secrets=((HF_TOKEN_SECRET, "hf_token"), (GRAFANA_PASSWORD_SECRET, "grafana_admin_password")),
+                secrets=vm_secret_files(s),
                 registry_login_server=registry.login_server,
                 subscription_id=client.subscription_id,
-                compose_yaml=registry.login_server.apply(
-                    lambda server: compose_project(s, image_ref(server, "converter"))
-                ),
+                compose_yaml=registry.login_server.apply(lambda server: compose_project(s, server)),
                 encryption_at_host=s.encryption_at_host,
                 tags=tags,
                 protect=protect,
@@ -151,6 +176,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
         pulumi.export("vmAddress", vm.public_ip)
         pulumi.export("grafanaAdminPassword", pulumi.Output.secret(vault.generated[GRAFANA_PASSWORD_SECRET]))
         pulumi.export("vmAdminUser", vm.admin_username)
+        _export_vm_endpoints(s, vm.public_ip, vault)
         if vm.ssh_private_key is not None:
             pulumi.export("vmSshPrivateKey", vm.ssh_private_key)
         return Platform(provider=None, registry=registry.login_server)
@@ -246,9 +272,9 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
         storage_class=platform.storage_class,
         access_mode=s.storage.access_mode,
         prometheus_url=s.monitoring.prometheus_url,
+        scaler_depends_on=addons.keda_dependencies,
     )
-    # ScaledObjects need KEDA's CRDs: after its chart when the stack installs it.
-    backend_opts = pulumi.ResourceOptions(depends_on=[namespace, *addons.keda_dependencies])
+    backend_opts = in_namespace
     b = s.backends
     if b.vllm.enabled:
         VllmBackend(

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from infra import images
 from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, HF_TOKEN_SECRET, WEBUI_SECRET_KEY_SECRET, api_key_secret
 from infra.config import BackendConfig, ResourcesConfig, StackSettings
 from infra.conversion_plan import conversion_spec, converter_arguments
@@ -19,18 +20,17 @@ from infra.endpoints import BACKEND_PORT, Route, routes, served_models
 from infra.images import image_ref
 from infra.modelfiles import modelfile
 
-# Pinned by version; the VM pulls them at boot.
-STATUS_IMAGE = "busybox:1.37.0"
-PROMETHEUS_IMAGE = "prom/prometheus:v2.53.2"
-GRAFANA_IMAGE = "grafana/grafana:11.2.2"
-NODE_EXPORTER_IMAGE = "prom/node-exporter:v1.8.2"
-DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.8-3.6.0-ubuntu22.04"
-VLLM_IMAGE = "vllm/vllm-openai:v0.12.0"
-# vLLM's CPU build is published outside Docker Hub, for x86_64.
-VLLM_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.12.0"
-OLLAMA_IMAGE = "ollama/ollama:0.12.10"
-OPEN_WEBUI_IMAGE = "ghcr.io/open-webui/open-webui:0.6.26"
-CADDY_IMAGE = "caddy:2.10.2-alpine"
+# Pinned in infra/images.py; the VM pulls them at boot.
+STATUS_IMAGE = images.BUSYBOX
+PROMETHEUS_IMAGE = images.PROMETHEUS
+GRAFANA_IMAGE = images.GRAFANA
+NODE_EXPORTER_IMAGE = images.NODE_EXPORTER
+DCGM_EXPORTER_IMAGE = images.DCGM_EXPORTER
+VLLM_IMAGE = images.VLLM
+VLLM_CPU_IMAGE = images.VLLM_CPU
+OLLAMA_IMAGE = images.OLLAMA
+OPEN_WEBUI_IMAGE = images.OPEN_WEBUI
+CADDY_IMAGE = images.CADDY
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 SECRETS_GROUP = "10001"  # the group that may read the tmpfs secrets

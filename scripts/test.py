@@ -65,8 +65,37 @@ def ensure_debian_packages() -> None:
         print("[test] apt-get could not install prometheus: its tests will skip", flush=True)
 
 
+def ensure_node_packages() -> None:
+    """The CRD validators (tests/crd_validation, npm-locked); Debian's nodejs when root and missing."""
+    folder = ROOT / "tests" / "crd_validation"
+    if not shutil.which("npm") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("[test] installing Debian packages nodejs npm", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        quiet = subprocess.DEVNULL
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=quiet, stderr=quiet)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"],
+            check=False,
+            env=env,
+            stdout=quiet,
+            stderr=quiet,
+        )
+    npm = shutil.which("npm")
+    if npm is None:
+        print("[test] npm not installed and not root: the custom resource schema tests will skip", flush=True)
+        return
+    digest = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
+    stamp = folder / "node_modules" / ".lock-sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    print("[test] installing tests/crd_validation/package-lock.json", flush=True)
+    subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"], cwd=folder, check=True)
+    stamp.write_text(digest + "\n")
+
+
 def main() -> int:
     ensure_debian_packages()
+    ensure_node_packages()
     envs = {name: ensure_venv(name, lock) for name, lock in ENVIRONMENTS.items()}
     env = dict(os.environ)
     env["SLM_CHECKOV"] = str(envs[".venv-checkov"] / "bin" / "checkov")

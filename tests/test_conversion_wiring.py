@@ -28,7 +28,7 @@ def _onnx(stack: str, **conversion: Any) -> dict[str, Any]:
 
 
 def _job(rec: recording.Recording) -> dict[str, Any]:
-    return rec.one(JOB).plain
+    return rec.one(JOB, "-onnx-job").plain
 
 
 @pytest.mark.parametrize("stack", ["prod", "local"])
@@ -62,7 +62,7 @@ def test_token_is_a_mounted_file_never_an_env_value() -> None:
     assert token_mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == "hf-token")
     assert volume["secret"]["secretName"] == "hf-token" and volume["secret"]["defaultMode"] == 0o400
-    secret = rec.one("kubernetes:core/v1:Secret")
+    secret = rec.one("kubernetes:core/v1:Secret", "-onnx-hf-token")
     assert isinstance(secret.inputs["stringData"], recording.Secret)
 
 
@@ -77,14 +77,14 @@ def test_job_writes_the_shared_volume_and_runs_restricted() -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    claim = rec.one("kubernetes:core/v1:PersistentVolumeClaim").plain["spec"]
+    claim = rec.one("kubernetes:core/v1:PersistentVolumeClaim", "-onnx-models").plain["spec"]
     assert claim["accessModes"] == ["ReadWriteMany"] and claim["storageClassName"] == "azurefile-csi-premium"
     tolerated = {(t["key"], t["value"]) for t in pod["tolerations"]}
     assert ("sku", "gpu") in tolerated  # the big nodes of a GPU pool may run it
 
 
 def test_local_uses_its_single_node_volume() -> None:
-    claim = run_stack("local").one("kubernetes:core/v1:PersistentVolumeClaim").plain["spec"]
+    claim = run_stack("local").one("kubernetes:core/v1:PersistentVolumeClaim", "-onnx-models").plain["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim
 
 
@@ -131,7 +131,9 @@ def test_disabling_onnx_removes_the_conversion() -> None:
     backends = copy.deepcopy(stack_value("prod", "backends"))
     backends["onnx"] = {"enabled": False}
     rec = run_stack("prod", {"backends": backends})
-    assert rec.of_type(JOB) == [] and rec.of_type("kubernetes:core/v1:PersistentVolumeClaim") == []
+    assert not [r for r in rec.of_type(JOB) if "onnx" in r.name]
+    claims = [r.plain["metadata"]["name"] for r in rec.of_type("kubernetes:core/v1:PersistentVolumeClaim")]
+    assert "models" not in claims and claims  # the other backends keep their own caches
 
 
 def test_gpu_backend_cannot_use_a_cpu_conversion_target() -> None:

@@ -48,7 +48,16 @@ EXPECTED = {
     },
 }
 EXPORTS = {
-    "prod": {"target", "resourceGroup", "registryLoginServer", "clusterName", "kubeconfig", "endpoints", "apiKeys", "apiKey"},
+    "prod": {
+        "target",
+        "resourceGroup",
+        "registryLoginServer",
+        "clusterName",
+        "kubeconfig",
+        "endpoints",
+        "apiKeys",
+        "apiKey",
+    },
     "dev": {
         "target",
         "resourceGroup",
@@ -57,6 +66,9 @@ EXPORTS = {
         "vmAdminUser",
         "vmSshPrivateKey",
         "grafanaAdminPassword",
+        "endpoints",
+        "apiKeys",
+        "apiKey",
     },
     "local": {"target", "endpoints", "apiKeys", "apiKey"},
 }

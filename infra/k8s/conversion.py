@@ -14,16 +14,24 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import images
 from infra.config import ConversionConfig
 from infra.conversion_plan import conversion_spec, converter_arguments
-from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod, tolerations
+from infra.k8s.pods import (
+    DOWNLOADS_LABEL,
+    WORKLOAD_UID,
+    restricted_container,
+    restricted_pod,
+    scanner_annotations,
+    tolerations,
+)
 
 MODELS_MOUNT = "/models"
 TOKEN_DIR = "/var/run/secrets/huggingface"  # noqa: S105 (a path)
 TOKEN_FILE = "token"  # noqa: S105 (a file name)
 CONVERTER_UID = WORKLOAD_UID
 # The busybox the backend's wait step runs (pinned; only `test` and `sleep` are used).
-WAIT_IMAGE = "busybox:1.37.0"
+WAIT_IMAGE = images.BUSYBOX
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class ModelConversion(pulumi.ComponentResource):
                             "volume_mounts": mounts,
                             "resources": {
                                 "requests": {"cpu": conversion.cpu, "memory": conversion.memory},
-                                "limits": {"memory": conversion.memory},
+                                "limits": {"cpu": conversion.cpu, "memory": conversion.memory},
                             },
                             "security_context": restricted_container(),
                         }
@@ -140,7 +148,7 @@ class ModelConversion(pulumi.ComponentResource):
                 "namespace": args.namespace,
                 "labels": {**labels, "slm-serving/conversion-key": self.key},
                 # Don't hold `pulumi up` for the length of a conversion: the backend waits for it.
-                "annotations": {"pulumi.com/skipAwait": "true"},
+                "annotations": {"pulumi.com/skipAwait": "true", **scanner_annotations()},
             },
             spec=job_spec,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[claim])),
@@ -162,6 +170,6 @@ class ModelConversion(pulumi.ComponentResource):
             "image": WAIT_IMAGE,
             "command": ["sh", "-c", f"until test -s {manifest}; do echo waiting for {manifest}; sleep 10; done"],
             "volume_mounts": [self.backend_mount()],
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "16Mi"}},
             "security_context": {**restricted_container(), "run_as_user": 65534, "run_as_group": 65534},
         }

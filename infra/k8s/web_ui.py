@@ -11,11 +11,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from infra import images
 from infra.k8s.api_keys import BACKEND_KEYS_FILE
 from infra.k8s.backends.serving import model_claim
-from infra.k8s.pods import WORKLOAD_UID, restricted_container, restricted_pod
+from infra.k8s.pods import WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
 
-WEB_UI_IMAGE = "ghcr.io/open-webui/open-webui:v0.6.36"
 WEB_UI_NAME = "open-webui"
 WEB_UI_PORT = 8080
 SECRETS_MOUNT = "/var/run/secrets/slm"
@@ -78,7 +78,12 @@ class WebUi(pulumi.ComponentResource):
         )
         k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": WEB_UI_NAME, "namespace": args.namespace, "labels": labels},
+            metadata={
+                "name": WEB_UI_NAME,
+                "namespace": args.namespace,
+                "labels": labels,
+                "annotations": scanner_annotations(),
+            },
             spec={
                 "replicas": 1,
                 # One writer of its SQLite database at a time.
@@ -93,7 +98,7 @@ class WebUi(pulumi.ComponentResource):
                         "containers": [
                             {
                                 "name": WEB_UI_NAME,
-                                "image": WEB_UI_IMAGE,
+                                "image": images.OPEN_WEBUI,
                                 "image_pull_policy": "IfNotPresent",
                                 "command": ["/bin/bash", "-c", start_script(args.backend_urls)],
                                 "env": [
@@ -118,7 +123,7 @@ class WebUi(pulumi.ComponentResource):
                                 ],
                                 "resources": {
                                     "requests": {"cpu": "250m", "memory": "1Gi"},
-                                    "limits": {"memory": "2Gi"},
+                                    "limits": {"cpu": "2", "memory": "2Gi"},
                                 },
                                 "startup_probe": {
                                     "http_get": {"path": "/health", "port": "http"},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import images
 from infra.config import OllamaBackendConfig
 from infra.endpoints import BACKEND_PORT
 from infra.k8s.backends.serving import (
@@ -26,12 +27,11 @@ from infra.k8s.backends.serving import (
 )
 from infra.k8s.conversion import WAIT_IMAGE
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE
-from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod
+from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
 from infra.modelfiles import modelfile
 
-# Pinned upstream release. Its image defaults to root; Ollama runs fine as any uid once HOME (its
-# key pair) and OLLAMA_MODELS point at writable volumes.
-OLLAMA_IMAGE = "ollama/ollama:0.13.5"
+# The upstream image defaults to root; Ollama runs as any uid once HOME (its key pair) and
+# OLLAMA_MODELS point at writable volumes.
 MODELS_MOUNT = "/models"
 MODELFILES_MOUNT = "/modelfiles"
 MODELS_SIZE_GB = 32
@@ -121,7 +121,7 @@ class OllamaBackend(pulumi.ComponentResource):
                 "namespace": platform.namespace,
                 "labels": job_labels,
                 # Don't hold `pulumi up` for a download: the serving pods wait for the marker.
-                "annotations": {"pulumi.com/skipAwait": "true"},
+                "annotations": {"pulumi.com/skipAwait": "true", **scanner_annotations()},
             },
             spec={
                 "backoff_limit": 3,
@@ -135,7 +135,7 @@ class OllamaBackend(pulumi.ComponentResource):
                         "containers": [
                             {
                                 "name": "pull",
-                                "image": OLLAMA_IMAGE,
+                                "image": images.OLLAMA,
                                 "image_pull_policy": "IfNotPresent",
                                 "command": ["/bin/sh", "-c", pull_script(config, key)],
                                 "env": [
@@ -149,7 +149,7 @@ class OllamaBackend(pulumi.ComponentResource):
                                 ],
                                 "resources": {
                                     "requests": {"cpu": "500m", "memory": "1Gi"},
-                                    "limits": {"memory": "2Gi"},
+                                    "limits": {"cpu": "2", "memory": "2Gi"},
                                 },
                                 "security_context": restricted_container(),
                             }
@@ -174,12 +174,12 @@ class OllamaBackend(pulumi.ComponentResource):
             "image": WAIT_IMAGE,
             "command": ["sh", "-c", f"until test -e {marker}; do echo waiting for {marker}; sleep 10; done"],
             "volume_mounts": [{"name": "models", "mount_path": MODELS_MOUNT, "read_only": True}],
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "16Mi"}},
             "security_context": restricted_container(),
         }
         container: k8s.core.v1.ContainerArgsDict = {
             "name": "ollama",
-            "image": OLLAMA_IMAGE,
+            "image": images.OLLAMA,
             "image_pull_policy": "IfNotPresent",
             "args": ["serve"],
             "env": [*server_env(config), {"name": "OLLAMA_HOST", "value": f"0.0.0.0:{BACKEND_PORT}"}],

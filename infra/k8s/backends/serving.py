@@ -18,6 +18,7 @@ from infra.k8s.pods import (
     WORKLOAD_UID,
     restricted_container,
     restricted_pod,
+    scanner_annotations,
     tolerations,
 )
 
@@ -40,6 +41,8 @@ class BackendPlatform:
     access_mode: str = "ReadWriteMany"
     # Queue-depth autoscaling through KEDA's Prometheus scaler; None: fixed replicas.
     prometheus_url: str | None = None
+    # KEDA's chart when the stack installs it: ScaledObjects need its CRDs.
+    scaler_depends_on: Sequence[pulumi.Resource] = ()
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ def http_probe(path: str, period: int, failures: int, timeout: int = 5) -> k8s.c
 
 def _resources(config: BackendConfig) -> k8s.core.v1.ResourceRequirementsArgsDict:
     requests = {"cpu": config.resources.cpu, "memory": config.resources.memory}
-    limits = {"memory": config.resources.memory}
+    # A CPU limit equal to the request: the servers size their thread pools from the CPU quota.
+    limits = {"cpu": config.resources.cpu, "memory": config.resources.memory}
     if config.device == "gpu":
         # Extended resources: request and limit must match; one whole GPU per replica.
         requests[GPU_RESOURCE] = "1"
@@ -195,7 +199,12 @@ class ServingObjects:
         # With KEDA the replica count is KEDA's: leaving it unset keeps `pulumi up` from resetting it.
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": workload.backend, "namespace": platform.namespace, "labels": labels},
+            metadata={
+                "name": workload.backend,
+                "namespace": platform.namespace,
+                "labels": labels,
+                "annotations": scanner_annotations(),
+            },
             spec=deployment_spec,
             opts=child,
         )
@@ -243,5 +252,7 @@ class ServingObjects:
                         }
                     ],
                 },
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.deployment])),
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[self.deployment, *platform.scaler_depends_on])
+                ),
             )

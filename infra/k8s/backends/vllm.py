@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import images
 from infra.config import VllmBackendConfig
 from infra.endpoints import BACKEND_PORT
 from infra.k8s.backends.serving import (
@@ -22,9 +23,8 @@ from infra.k8s.backends.serving import (
 )
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE
 
-# Pinned upstream release. Its image defaults to root; we run it as our uid with HOME on a scratch
-# volume (vLLM, Triton and torch.compile write their caches under HOME).
-VLLM_IMAGE = "vllm/vllm-openai:v0.12.0"
+# The upstream image defaults to root; we run it as our uid with HOME on a scratch volume (vLLM,
+# Triton and torch.compile write their caches under HOME).
 CACHE_MOUNT = "/cache"
 SECRETS_MOUNT = "/var/run/secrets/slm"
 HF_TOKEN_FILE = "hf-token"  # noqa: S105 (a file name)
@@ -69,8 +69,6 @@ def vllm_arguments(config: VllmBackendConfig) -> list[str]:
         args += ["--quantization", config.quantization]
     if config.tool_call_parser is not None:
         args += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
-    if config.device == "cpu":
-        args += ["--device", "cpu"]
     return args
 
 
@@ -145,7 +143,7 @@ class VllmBackend(pulumi.ComponentResource):
         ]
         container: k8s.core.v1.ContainerArgsDict = {
             "name": "vllm",
-            "image": VLLM_IMAGE,
+            "image": images.VLLM if config.device == "gpu" else images.VLLM_CPU,
             "image_pull_policy": "IfNotPresent",
             "command": start_command(config),
             "env": env,
