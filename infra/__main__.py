@@ -28,7 +28,7 @@ from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  #
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project, vm_generated_secrets, vm_secret_files  # noqa: E402
-from infra.endpoints import BACKEND_PORT, public_base_url, routes  # noqa: E402
+from infra.endpoints import BACKEND_PORT, public_base_url, routes, web_ui_url  # noqa: E402
 from infra.images import image_ref  # noqa: E402
 from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs  # noqa: E402
 from infra.k8s.api_keys import ApiKeys, ApiKeysArgs  # noqa: E402
@@ -78,7 +78,7 @@ def _export_vm_endpoints(s: config.StackSettings, public_ip: pulumi.Output[str],
                     }
                     for r in routes(s)
                 },
-                **({"webUi": f"https://{s.gateway.domain or ip}/ui/"} if s.web_ui.enabled else {}),
+                **({"webUi": web_ui_url(s, s.gateway.domain or ip)} if s.web_ui.enabled else {}),
             }
         ),
     )
@@ -382,7 +382,7 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
                     }
                     for r in served
                 },
-                **({"webUi": f"https://{address}/"} if web_ui is not None else {}),
+                **({"webUi": web_ui_url(s, address)} if web_ui is not None else {}),
             }
         ),
     )

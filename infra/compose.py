@@ -437,7 +437,7 @@ def _indent(lines: list[str], depth: int = 1) -> list[str]:
 
 def caddyfile(settings: StackSettings) -> str:
     """The proxy's Caddyfile: every backend route needs `Authorization: Bearer <one of the keys>`;
-    /ui (Open WebUI) has its own sign-in."""
+    Open WebUI (the root path, or ui.<domain>) has its own sign-in."""
     gateway = settings.gateway
     global_options = [
         "admin off",
@@ -467,9 +467,8 @@ def caddyfile(settings: StackSettings) -> str:
         body = [*tls, *auth]
         for route in route_list:
             body += [f"handle_path /{route.prefix}/* {{", *_indent(_route_body(route)), "}"]
-        if settings.web_ui.enabled:
-            body += ["redir /ui /ui/", "handle_path /ui/* {", *_indent(ui), "}"]
-        body += ["handle {", "\trespond 404", "}"]
+        # Open WebUI serves from the root path only: it takes whatever no backend prefix matches.
+        body += ["handle {", *_indent(ui if settings.web_ui.enabled else ["respond 404"]), "}"]
         lines += [f"{gateway.domain or f':{PROXY_PORT}'} {{", *_indent(body), "}", ""]
     lines += [f"http://127.0.0.1:{PROXY_HEALTH_PORT} {{", "\tbind 127.0.0.1", "\trespond /healthz 200", "}"]
     return "\n".join(lines) + "\n"

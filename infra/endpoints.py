@@ -45,3 +45,10 @@ def public_base_url(settings: StackSettings, route: Route, address: str) -> str:
     if settings.gateway.routing == "host" and settings.gateway.domain:
         return f"https://{route.prefix}.{settings.gateway.domain}/v1"
     return f"https://{address}/{route.prefix}/v1"
+
+
+def web_ui_url(settings: StackSettings, address: str) -> str:
+    """Open WebUI serves from the root path: ui.<domain> (host routing) or the gateway's root."""
+    if settings.gateway.routing == "host" and settings.gateway.domain:
+        return f"https://ui.{settings.gateway.domain}/"
+    return f"https://{address}/"

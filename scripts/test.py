@@ -43,26 +43,36 @@ def ensure_venv(name: str, lock: str) -> Path:
     return env
 
 
+# Debian package -> the commands the tests use from it.
+DEBIAN_PACKAGES = {
+    "prometheus": ("promtool", "prometheus"),  # rule checks; a real Prometheus scrapes the ONNX server
+    "caddy": ("caddy",),  # the VM's TLS proxy, run on loopback
+    "jq": ("jq",),  # the VM's boot script
+}
+
+
 def ensure_debian_packages() -> None:
-    """promtool and the Prometheus server (tests scrape the real ONNX server); root only."""
-    if shutil.which("promtool") and shutil.which("prometheus"):
+    """Tools the tests run for real; installed when root, else their tests skip with that reason."""
+    missing = [pkg for pkg, commands in DEBIAN_PACKAGES.items() if not all(shutil.which(c) for c in commands)]
+    if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print("[test] prometheus not installed and not root: its tests will skip", flush=True)
+        print(f"[test] not root: {', '.join(missing)} not installed, their tests will skip", flush=True)
         return
-    print("[test] installing Debian package prometheus", flush=True)
+    print(f"[test] installing Debian packages {' '.join(missing)}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     quiet = subprocess.DEVNULL
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=quiet, stderr=quiet)
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-        check=False,
-        env=env,
-        stdout=quiet,
-        stderr=quiet,
-    )
-    if result.returncode != 0:
-        print("[test] apt-get could not install prometheus: its tests will skip", flush=True)
+    for package in missing:
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            check=False,
+            env=env,
+            stdout=quiet,
+            stderr=quiet,
+        )
+        if result.returncode != 0:
+            print(f"[test] apt-get could not install {package}: its tests will skip", flush=True)
 
 
 def ensure_node_packages() -> None:
