@@ -507,10 +507,64 @@ class AddonsConfig(_Model):
     keda: bool = True
 
 
+class AlertThresholds(_Model):
+    """Alert thresholds; the shared rule files compare against these (rendered as `slm:threshold:*`)."""
+
+    # Share of requests answered with a server error (5xx), per backend, over 5 minutes.
+    error_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # Time to first token, 95th percentile over 5 minutes.
+    ttft_p95_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # Requests waiting in one backend before a growing queue alerts.
+    queue_waiting: Annotated[int, Field(ge=1)] = 10
+    # Share of a GPU's memory in use.
+    gpu_memory_ratio: Annotated[float, Field(gt=0, le=1)] = 0.95
+    # Days before a certificate's expiry.
+    certificate_days: Annotated[int, Field(ge=1, le=90)] = 14
+
+
+class AlertReceiverConfig(_Model):
+    """An Alertmanager receiver. None by default: alerts show in Prometheus and Alertmanager only."""
+
+    name: str
+    # A webhook URL (Slack-compatible bridges, Teams connectors, PagerDuty Events v2 proxies, ...).
+    webhook_url: str | None = None
+    email_to: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9-]{0,40}$", value):
+            raise ValueError(f"{value!r}: use lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"{value!r} is not an https:// URL (alerts carry pod and model names)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AlertReceiverConfig:
+        if (self.webhook_url is None) == (self.email_to is None):
+            raise ValueError("set exactly one of webhookUrl or emailTo")
+        return self
+
+
 class MonitoringConfig(_Model):
     """Where Prometheus runs: its namespace may scrape the backends, and KEDA reads queue depth from it."""
 
+    # Install kube-prometheus-stack (Kubernetes targets). False: the cluster's own Prometheus
+    # operator picks up our monitors, rules and dashboards.
+    install: bool = True
     namespace: str = "monitoring"
+    thresholds: AlertThresholds = AlertThresholds()
+    receivers: tuple[AlertReceiverConfig, ...] = ()
+    # Dashboards' cost panel: USD per GPU node hour by VM size (list prices change; set yours).
+    gpu_hourly_usd: dict[str, float] = Field(default_factory=dict)
+    # SMTP relay for email receivers (host:port); required when a receiver has emailTo.
+    smtp_smarthost: str | None = None
+    smtp_from: str | None = None
     # prometheus-operated is the Service the Prometheus operator creates for every Prometheus.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
 
@@ -785,6 +839,11 @@ def _gateway_problems(s: StackSettings) -> list[Problem]:
         problems.append(Problem(f"{k}.acmeEmail", f"required with gateway.domain {gw.domain!r} (ACME account)"))
     if gw.acme_email is not None and gw.domain is None:
         problems.append(Problem(f"{k}.acmeEmail", "set, but gateway.domain is not: the certificate is self-signed"))
+    mon = s.monitoring
+    if any(r.email_to for r in mon.receivers) and (mon.smtp_smarthost is None or mon.smtp_from is None):
+        problems.append(
+            Problem(f"{NAMESPACE}:monitoring.smtpSmarthost", "email receivers need smtpSmarthost and smtpFrom")
+        )
     if gw.address is not None and s.target != "cluster":
         problems.append(Problem(f"{k}.address", f"only used by target cluster; {s.target} knows its own address"))
     if gw.internal_only and gw.domain is not None:
