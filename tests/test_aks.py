@@ -143,7 +143,20 @@ def test_role_assignments_are_least_privilege(rendered: Any) -> None:
     kv = by_name["slm-prod-kv-secrets-user"]
     assert kv["roleDefinitionId"].endswith(roles.KEY_VAULT_SECRETS_USER)
     assert "keyvault:Vault" in kv["scope"]
-    assert set(by_name) == {"slm-prod-acr-pull", "slm-prod-kv-secrets-user", "slm-prod-deployer-admin"}
+    # The control plane joins the gateway's load balancer to the subnet and to its static IP.
+    for name, scope in (
+        ("slm-prod-gateway-subnet-network-contributor", "network:Subnet/"),
+        ("slm-prod-gateway-pip-network-contributor", "network:PublicIPAddress/"),
+    ):
+        assert by_name[name]["roleDefinitionId"].endswith(roles.NETWORK_CONTRIBUTOR)
+        assert scope in by_name[name]["scope"], by_name[name]["scope"]
+    assert set(by_name) == {
+        "slm-prod-acr-pull",
+        "slm-prod-kv-secrets-user",
+        "slm-prod-deployer-admin",
+        "slm-prod-gateway-subnet-network-contributor",
+        "slm-prod-gateway-pip-network-contributor",
+    }
 
 
 def test_provider_gets_the_kubeconfig_as_a_secret(rendered: Any) -> None:
@@ -158,4 +171,4 @@ def test_provider_gets_the_kubeconfig_as_a_secret(rendered: Any) -> None:
 def test_first_preview_does_not_need_the_cluster(rendered: Any) -> None:
     rec = rendered("prod", True)
     assert isinstance(rec.exports["kubeconfig"], Secret)
-    assert rec.one("kubernetes:core/v1:Namespace")
+    assert rec.one("kubernetes:core/v1:Namespace", "slm-prod-ns")
