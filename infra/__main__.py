@@ -39,9 +39,11 @@ from infra.k8s.backends.vllm import VllmBackend, VllmBackendArgs  # noqa: E402
 from infra.k8s.cluster_access import ExistingCluster, ExistingClusterArgs  # noqa: E402
 from infra.k8s.conversion import ModelConversion, ModelConversionArgs  # noqa: E402
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS, ServingGateway, ServingGatewayArgs  # noqa: E402
+from infra.k8s.monitoring import MonitoringArgs, MonitoringStack  # noqa: E402
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE, WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
 from infra.k8s.network_policies import WorkloadNetworkPolicies, WorkloadNetworkPoliciesArgs  # noqa: E402
 from infra.k8s.web_ui import WebUi, WebUiArgs  # noqa: E402
+from infra.monitoring_files import dashboards, rule_files  # noqa: E402
 from infra.tags import stack_tags  # noqa: E402
 
 
@@ -366,6 +368,28 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
         ),
         opts=in_namespace,
     )
+
+    monitoring = MonitoringStack(
+        f"{name}-monitoring",
+        MonitoringArgs(
+            provider=provider,
+            config=s.monitoring,
+            metrics_backends=[r.backend for r in served if r.backend != "ollama"],
+            workload_namespace=namespace.name,
+            rule_files=rule_files(s),
+            dashboards=dashboards(),
+            uses_gpu=s.uses_gpu,
+            gpu_taints=platform.gpu_taints,
+            labels=labels,
+            receiver_urls={
+                r.name: pulumi.Output.secret(r.webhook_url) for r in s.monitoring.receivers if r.webhook_url
+            },
+            gateway_depends_on=addons.gateway_dependencies,
+        ),
+        opts=in_namespace,
+    )
+    if monitoring.grafana_password is not None:
+        pulumi.export("grafanaAdminPassword", monitoring.grafana_password)
 
     host = pulumi.Output.from_input(platform.gateway_host or s.gateway.address or gateway.in_cluster_host)
     pulumi.export(

@@ -32,7 +32,7 @@ needs_crd_validator = pytest.mark.skipif(
 ENVOY_GATEWAY_SCHEMAS = PROJECT_ROOT / "tests" / "data" / "envoy-gateway"
 # API groups kubernetes-validate knows; everything else is a custom resource.
 CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "networking.k8s.io/v1"}
-CRD_GROUPS = {"gateway.networking.k8s.io/v1", "cert-manager.io/v1", "keda.sh/v1alpha1"}
+CRD_GROUPS = {"gateway.networking.k8s.io/v1", "cert-manager.io/v1", "keda.sh/v1alpha1", "monitoring.coreos.com/v1"}
 
 
 def manifests(rec: recording.Recording) -> list[dict[str, Any]]:
@@ -95,7 +95,14 @@ def _validate_custom(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_custom_resources_validate(stack: str, rendered: Any) -> None:
     objects = [m for m in manifests(rendered(stack)) if m["apiVersion"] in CRD_GROUPS]
     objects += [m for m in manifests(with_web_ui(stack)) if m["kind"] == "HTTPRoute"]
-    assert {m["kind"] for m in objects} >= {"Gateway", "GatewayClass", "HTTPRoute", "Certificate", "Issuer"}
+    assert {m["kind"] for m in objects} >= {
+        "Gateway",
+        "GatewayClass",
+        "HTTPRoute",
+        "Certificate",
+        "Issuer",
+        "PrometheusRule",
+    }
     results = _validate_custom(objects)
     assert len(results) == len(objects)
     failures = [r for r in results if r["error"]]
@@ -412,7 +419,12 @@ def test_disabling_a_backend_removes_every_object_it_owned(rendered: Any) -> Non
 
 
 def test_addons_can_be_switched_off(rendered: Any) -> None:
-    charts = {r.inputs["chart"] for r in rendered("prod").resources if r.type == "kubernetes:helm.sh/v4:Chart"}
+    addons = next(r for r in rendered("prod").resources if r.type == "slm:k8s:ClusterAddons")
+    charts = {
+        r.inputs["chart"]
+        for r in rendered("prod").resources
+        if r.type == "kubernetes:helm.sh/v4:Chart" and r.parent == addons.urn
+    }
     assert charts == {
         "nvidia-device-plugin",
         "oci://docker.io/envoyproxy/gateway-helm",
@@ -420,7 +432,12 @@ def test_addons_can_be_switched_off(rendered: Any) -> None:
         "keda",
     }
     rec = run_stack("local", overrides={"addons": {"envoyGateway": False, "certManager": False, "keda": False}})
-    assert not [r for r in rec.resources if r.type == "kubernetes:helm.sh/v4:Chart"]
+    assert not [r for r in rec.resources if r.type == "slm:k8s:ClusterAddons" and r.inputs]
+    assert not [
+        r
+        for r in rec.resources
+        if r.type == "kubernetes:helm.sh/v4:Chart" and "kube-prometheus" not in r.inputs["chart"]
+    ]
     assert one(rec, "Gateway", "slm-serving")
 
 

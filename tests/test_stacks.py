@@ -22,9 +22,9 @@ EXPECTED = {
         "azure-native:keyvault:Secret": 1,
         "azure-native:operationalinsights:Workspace": 1,
         "pulumi:providers:kubernetes": 1,
-        # slm-serving plus the add-ons': device plugin, Envoy Gateway, cert-manager, KEDA.
-        "kubernetes:core/v1:Namespace": 5,
-        "kubernetes:helm.sh/v4:Chart": 4,
+        # slm-serving plus the add-ons': device plugin, Envoy Gateway, cert-manager, KEDA, monitoring, DCGM.
+        "kubernetes:core/v1:Namespace": 7,
+        "kubernetes:helm.sh/v4:Chart": 6,
         "kubernetes:apps/v1:Deployment": 3,
         "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": 3,
         "kubernetes:gateway.envoyproxy.io/v1alpha1:SecurityPolicy": 1,
@@ -40,9 +40,9 @@ EXPECTED = {
     },
     "local": {
         "pulumi:providers:kubernetes": 1,
-        # No GPU backend: no device plugin.
-        "kubernetes:core/v1:Namespace": 4,
-        "kubernetes:helm.sh/v4:Chart": 3,
+        # No GPU backend: no device plugin, no DCGM exporter.
+        "kubernetes:core/v1:Namespace": 5,
+        "kubernetes:helm.sh/v4:Chart": 4,
         "kubernetes:apps/v1:Deployment": 2,
         "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": 2,
     },
@@ -57,6 +57,7 @@ EXPORTS = {
         "endpoints",
         "apiKeys",
         "apiKey",
+        "grafanaAdminPassword",
     },
     "dev": {
         "target",
@@ -70,7 +71,7 @@ EXPORTS = {
         "apiKeys",
         "apiKey",
     },
-    "local": {"target", "endpoints", "apiKeys", "apiKey"},
+    "local": {"target", "endpoints", "apiKeys", "apiKey", "grafanaAdminPassword"},
 }
 SECRET_EXPORTS = {"kubeconfig", "vmSshPrivateKey", "grafanaAdminPassword", "apiKeys", "apiKey"}
 

@@ -13,6 +13,9 @@ WORKLOAD_UID = 10001
 SERVING_LABEL = "slm-serving/serving"
 # Pods that may reach the internet on 443 to download a model.
 DOWNLOADS_LABEL = "slm-serving/downloads-models"
+# On a backend's Service: its value becomes the scrape job (`slm-vllm`, `slm-onnx`), the same job
+# names the VM's Prometheus uses, so one set of rules and dashboards fits both.
+JOB_LABEL = "slm-serving/job"
 
 
 def toleration(taint: str) -> k8s.core.v1.TolerationArgsDict:

@@ -3,11 +3,13 @@
 import * as gatewayApi from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import * as certManager from "@kubernetes-models/cert-manager/cert-manager.io/v1";
 import * as keda from "@kubernetes-models/keda/keda.sh/v1alpha1";
+import * as prometheusOperator from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 
 const models = {
   "gateway.networking.k8s.io/v1": gatewayApi,
   "cert-manager.io/v1": certManager,
   "keda.sh/v1alpha1": keda,
+  "monitoring.coreos.com/v1": prometheusOperator,
 };
 
 let input = "";

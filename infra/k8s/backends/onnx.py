@@ -85,6 +85,7 @@ class OnnxBackend(pulumi.ComponentResource):
                 volumes=volumes,
                 probes=Probes(startup="/health", readiness="/ready", liveness="/health"),
                 init_containers=(conversion.wait_for_model(),),
+                metrics=True,
                 queue_query=demand_query(
                     WORKLOAD_NAMESPACE,
                     "onnx",

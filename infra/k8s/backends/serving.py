@@ -14,6 +14,7 @@ from infra.config import BackendConfig
 from infra.endpoints import BACKEND_PORT
 from infra.k8s.pods import (
     DOWNLOADS_LABEL,
+    JOB_LABEL,
     SERVING_LABEL,
     WORKLOAD_UID,
     restricted_container,
@@ -143,6 +144,8 @@ class Workload:
     # PromQL for requests waiting across the backend's replicas; None: not autoscaled on queue.
     queue_query: str | None = None
     downloads_models: bool = False
+    # Serves Prometheus metrics at /metrics on the backend port (vLLM, ONNX; Ollama has none).
+    metrics: bool = False
 
 
 class ServingObjects:
@@ -208,9 +211,10 @@ class ServingObjects:
             spec=deployment_spec,
             opts=child,
         )
+        service_labels = {**labels, JOB_LABEL: f"slm-{workload.backend}"} if workload.metrics else labels
         self.service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={"name": workload.backend, "namespace": platform.namespace, "labels": labels},
+            metadata={"name": workload.backend, "namespace": platform.namespace, "labels": service_labels},
             spec={
                 "type": "ClusterIP",
                 "selector": selector,

@@ -168,6 +168,7 @@ class VllmBackend(pulumi.ComponentResource):
                     f'sum(vllm:num_requests_waiting{{namespace="{WORKLOAD_NAMESPACE}", service="vllm"}})',
                 ),
                 downloads_models=True,
+                metrics=True,
             ),
             platform,
             self,
