@@ -1,0 +1,115 @@
+"""The monitoring files every target loads: the shared rule files and Grafana dashboards from
+monitoring/, plus the rules rendered from the stack config (alert thresholds, GPU prices, and on the
+VM its size), and Alertmanager's configuration from the configured receivers. Pure functions of the
+settings: Kubernetes (PrometheusRule objects, dashboard ConfigMaps) and the VM (Compose configs) load
+the same text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.config import StackSettings
+
+MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+THRESHOLDS_FILE = "thresholds.rules.yml"
+THRESHOLDS_GROUP = "slm-serving.thresholds"
+PRICES_GROUP = "slm-serving.prices"
+# The Prometheus job names each target's scrape configuration (Compose) or monitors (Kubernetes)
+# produce; rules and dashboards select on them.
+JOBS = {
+    "vllm": "slm-vllm",
+    "onnx": "slm-onnx",
+    "gateway": "slm-gateway",
+    "dcgm": "slm-dcgm",
+    "node": "slm-node",
+}
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def threshold_rules(settings: StackSettings) -> str:
+    """thresholds.rules.yml: each alert threshold as `slm:threshold:<name>`, each configured GPU price
+    as `slm:gpu_hourly_usd{vm_size}` and, on the VM, the VM's size for every GPU host its DCGM
+    exporter reports (`slm:node_vm_size:info`; on Kubernetes a shared rule reads it from the nodes)."""
+    thresholds = settings.monitoring.thresholds.model_dump()
+    groups: list[dict[str, Any]] = [
+        {
+            "name": THRESHOLDS_GROUP,
+            "rules": [
+                {"record": f"slm:threshold:{name}", "expr": f"vector({_number(value)})"}
+                for name, value in thresholds.items()
+            ],
+        }
+    ]
+    prices: list[dict[str, Any]] = [
+        {"record": "slm:gpu_hourly_usd", "expr": f"vector({_number(usd)})", "labels": {"vm_size": size}}
+        for size, usd in sorted(settings.monitoring.gpu_hourly_usd.items())
+    ]
+    if settings.target == "vm" and settings.vm.has_gpu:
+        # One Prometheus per VM: every GPU host it sees is this VM.
+        prices.append(
+            {
+                "record": "slm:node_vm_size:info",
+                "expr": "group by (Hostname) (DCGM_FI_DEV_GPU_UTIL)",
+                "labels": {"vm_size": settings.vm.size},
+            }
+        )
+    if prices:
+        groups.append({"name": PRICES_GROUP, "rules": prices})
+    header = "# Rendered from the stack config by infra/monitoring_files.py; do not edit.\n"
+    return header + yaml.safe_dump({"groups": groups}, sort_keys=False)
+
+
+def shared_rule_files() -> dict[str, str]:
+    """monitoring/rules/*.rules.yml: the same on every target."""
+    return {path.name: path.read_text() for path in sorted((MONITORING / "rules").glob("*.rules.yml"))}
+
+
+def rule_files(settings: StackSettings) -> dict[str, str]:
+    """File name -> YAML text: the shared rule files and the rendered thresholds file."""
+    shared = shared_rule_files()
+    assert THRESHOLDS_FILE not in shared, f"monitoring/rules/{THRESHOLDS_FILE} would shadow the rendered file"
+    return {**shared, THRESHOLDS_FILE: threshold_rules(settings)}
+
+
+def dashboards() -> dict[str, str]:
+    """File name -> Grafana dashboard JSON, from monitoring/dashboards/."""
+    return {path.name: path.read_text() for path in sorted((MONITORING / "dashboards").glob("*.json"))}
+
+
+def alertmanager_config(settings: StackSettings) -> str:
+    """Alertmanager's configuration: every alert goes to every configured receiver (webhook or email,
+    resolved notices included); without receivers, alerts stay in Prometheus and Alertmanager."""
+    monitoring = settings.monitoring
+    receivers: list[dict[str, Any]] = [{"name": "none"}]
+    for receiver in monitoring.receivers:
+        if receiver.webhook_url is not None:
+            receivers.append(
+                {"name": receiver.name, "webhook_configs": [{"url": receiver.webhook_url, "send_resolved": True}]}
+            )
+        else:
+            receivers.append(
+                {"name": receiver.name, "email_configs": [{"to": receiver.email_to, "send_resolved": True}]}
+            )
+    config: dict[str, Any] = {}
+    if any(r.email_to for r in monitoring.receivers):
+        config["global"] = {
+            "smtp_smarthost": monitoring.smtp_smarthost,
+            "smtp_from": monitoring.smtp_from,
+            "smtp_require_tls": True,
+        }
+    config["route"] = {
+        "receiver": "none",
+        "group_by": ["alertname", "job", "backend"],
+        "group_wait": "30s",
+        "group_interval": "5m",
+        "repeat_interval": "4h",
+        "routes": [{"receiver": r.name, "continue": True} for r in monitoring.receivers],
+    }
+    config["receivers"] = receivers
+    return yaml.safe_dump(config, sort_keys=False)
