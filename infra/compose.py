@@ -19,6 +19,7 @@ from infra.conversion_plan import conversion_spec, converter_arguments
 from infra.endpoints import BACKEND_PORT, Route, routes, served_models
 from infra.images import image_ref
 from infra.modelfiles import modelfile
+from infra.monitoring_files import JOBS, alertmanager_config, dashboards, rule_files
 
 # Pinned in infra/images.py; the VM pulls them at boot.
 STATUS_IMAGE = images.BUSYBOX
@@ -31,8 +32,8 @@ VLLM_CPU_IMAGE = images.VLLM_CPU
 OLLAMA_IMAGE = images.OLLAMA
 OPEN_WEBUI_IMAGE = images.OPEN_WEBUI
 CADDY_IMAGE = images.CADDY
-
-MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+# Runs only when receivers are configured.
+ALERTMANAGER_IMAGE = "prom/alertmanager:v0.28.1"
 SECRETS_GROUP = "10001"  # the group that may read the tmpfs secrets
 SECRETS_DIR = "/run/slm-serving/secrets"
 GRAFANA_PASSWORD_FILE = f"{SECRETS_DIR}/grafana_admin_password"
@@ -61,6 +62,10 @@ DATA_FOLDERS: dict[str, int] = {
 
 PROXY_PORT = 8443  # in the container; published as 443
 PROXY_HEALTH_PORT = 8081
+# Caddy labels its metrics by server, not by route: each backend gets its own server on loopback,
+# named after the backend, which the public server hands the request to after the key check.
+BACKEND_SERVER_PORTS = {"vllm": 9101, "ollama": 9102, "onnx": 9103}
+PROXY_METRICS_PORT = 9180  # on the Compose network only (not published); Prometheus job slm-gateway
 WEBUI_PORT = 8080
 UNAUTHORIZED_BODY = (
     '{"error": {"message": "Missing or invalid API key: send Authorization: Bearer <key>", '
@@ -410,7 +415,7 @@ def _add_web_ui(document: dict[str, Any], settings: StackSettings) -> None:
 
 
 def _route_body(route: Route) -> list[str]:
-    """A backend's handler: 401 without a valid key, else the backend with the upstream key, streaming."""
+    """A backend's handler: 401 without a valid key, else on to the backend's own server, streaming."""
     return [
         "handle @no_api_key {",
         '\theader WWW-Authenticate "Bearer"',
@@ -418,12 +423,26 @@ def _route_body(route: Route) -> list[str]:
         f"\trespond `{UNAUTHORIZED_BODY}` 401",
         "}",
         "handle {",
-        f"\treverse_proxy {route.backend}:{BACKEND_PORT} {{",
+        f"\treverse_proxy 127.0.0.1:{BACKEND_SERVER_PORTS[route.backend]} {{",
         "\t\t# Server-sent events: pass every chunk on at once.",
+        "\t\tflush_interval -1",
+        "\t}",
+        "}",
+    ]
+
+
+def _backend_server(route: Route) -> list[str]:
+    """The backend's own server on loopback: proxies to the backend with the upstream key. Its requests
+    carry server="<backend>" in Caddy's metrics."""
+    return [
+        f"http://:{BACKEND_SERVER_PORTS[route.backend]} {{",
+        "\tbind 127.0.0.1",
+        f"\treverse_proxy {route.backend}:{BACKEND_PORT} {{",
         "\t\tflush_interval -1",
         f"\t\timport /run/secrets/{_caddy_secret(UPSTREAM_AUTH_CADDY_FILE)}",
         "\t}",
         "}",
+        "",
     ]
 
 
@@ -450,6 +469,17 @@ def caddyfile(settings: StackSettings) -> str:
     else:
         # Clients that reach the VM by IP send no SNI: name the on-demand certificate.
         global_options.append("default_sni slm-serving")
+    route_list = routes(settings)
+    # Request metrics (Caddy 2.10: the `metrics` option), per backend through the servers' names;
+    # the backend servers trust the public one's X-Forwarded-For (the client's address).
+    global_options.append("metrics")
+    for route in route_list:
+        global_options += [
+            f"servers 127.0.0.1:{BACKEND_SERVER_PORTS[route.backend]} {{",
+            f"\tname {route.backend}",
+            "\ttrusted_proxies static 127.0.0.1/32",
+            "}",
+        ]
     lines = ["{", *_indent(global_options), "}", ""]
     # ACME (when a domain is set) must reach this proxy on 443 for its TLS-ALPN challenge: the NSG
     # admits only allowedCidrs, so the CA's validation servers must be among them (or use a DNS-01
@@ -457,7 +487,6 @@ def caddyfile(settings: StackSettings) -> str:
     tls = [f"tls {gateway.acme_email}"] if gateway.domain else ["tls internal {", "\ton_demand", "}"]
     auth = [f"import /run/secrets/{_caddy_secret(API_KEYS_CADDY_FILE)}"]
     ui = ["reverse_proxy webui:" + str(WEBUI_PORT)]
-    route_list = routes(settings)
     if gateway.routing == "host" and gateway.domain:
         for route in route_list:
             lines += [f"{route.prefix}.{gateway.domain} {{", *_indent([*tls, *auth, *_route_body(route)]), "}", ""]
@@ -470,6 +499,10 @@ def caddyfile(settings: StackSettings) -> str:
         # Open WebUI serves from the root path only: it takes whatever no backend prefix matches.
         body += ["handle {", *_indent(ui if settings.web_ui.enabled else ["respond 404"]), "}"]
         lines += [f"{gateway.domain or f':{PROXY_PORT}'} {{", *_indent(body), "}", ""]
+    for route in route_list:
+        lines += _backend_server(route)
+    # Scraped by Prometheus over the Compose network (job slm-gateway); the port is not published.
+    lines += [f"http://:{PROXY_METRICS_PORT} {{", "\tmetrics /metrics", "}", ""]
     lines += [f"http://127.0.0.1:{PROXY_HEALTH_PORT} {{", "\tbind 127.0.0.1", "\trespond /healthz 200", "}"]
     return "\n".join(lines) + "\n"
 
@@ -505,39 +538,50 @@ def _add_proxy(document: dict[str, Any], settings: StackSettings) -> None:
 # --- monitoring --------------------------------------------------------------------------------
 
 
+ALERTMANAGER_PORT = 9093
+
+
 def _prometheus_config(settings: StackSettings) -> str:
-    targets = {"slm-node": "node-exporter:9100"}
+    """Scrape jobs named as on Kubernetes (infra/monitoring_files.JOBS): the node, the GPUs, the
+    backends with /metrics (vLLM, the ONNX server) and the proxy, which measures every backend
+    (Ollama has no /metrics)."""
+    targets = {JOBS["node"]: "node-exporter:9100"}
     if settings.vm.has_gpu:
-        targets["slm-dcgm"] = "dcgm-exporter:9400"
+        targets[JOBS["dcgm"]] = "dcgm-exporter:9400"
     # The serving layer names its backend services after the backends, each on port 8000.
     for name in settings.backends.enabled():
-        if name != "ollama":  # Ollama has no /metrics; the proxy measures it
-            targets[f"slm-{name}"] = f"{name}:8000"
-    config = {
+        if name in JOBS:  # not Ollama: the proxy measures it
+            targets[JOBS[name]] = f"{name}:{BACKEND_PORT}"
+    targets[JOBS["gateway"]] = f"proxy:{PROXY_METRICS_PORT}"
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "15s", "evaluation_interval": "30s"},
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
     }
+    if settings.monitoring.receivers:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [f"alertmanager:{ALERTMANAGER_PORT}"]}]}]
+        }
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def _file_configs(
-    configs: dict[str, Any], folder: str, pattern: str, prefix: str, target_dir: str
-) -> list[dict[str, str]]:
-    """monitoring/<folder>/<pattern> as Compose configs named <prefix>-<stem>; returns their mounts."""
+def _file_configs(configs: dict[str, Any], files: dict[str, str], prefix: str, target_dir: str) -> list[dict[str, str]]:
+    """Files (name -> text) as Compose configs named <prefix>-<stem>; returns their mounts."""
     mounts = []
-    for path in sorted((MONITORING / folder).glob(pattern)):
-        configs[f"{prefix}-{path.stem}"] = {"content": path.read_text()}
-        mounts.append({"source": f"{prefix}-{path.stem}", "target": f"{target_dir}/{path.name}"})
+    for name, text in files.items():
+        config = f"{prefix}-{Path(name).stem}"
+        configs[config] = {"content": text}
+        mounts.append({"source": config, "target": f"{target_dir}/{name}"})
     return mounts
 
 
 def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
     """Prometheus, Grafana, node exporter (and DCGM on GPU sizes), with the same rules and dashboards
-    as the Kubernetes targets, all on loopback only."""
+    as the Kubernetes targets plus the thresholds rendered from the config, all on loopback only;
+    Alertmanager when receivers are configured."""
     services, configs = document["services"], document.setdefault("configs", {})
     configs["prometheus"] = {"content": _prometheus_config(settings)}
-    rule_mounts = _file_configs(configs, "rules", "*.yml", "rules", "/etc/prometheus/rules")
+    rule_mounts = _file_configs(configs, rule_files(settings), "rules", "/etc/prometheus/rules")
     services["prometheus"] = _hardened(
         {
             "image": PROMETHEUS_IMAGE,
@@ -548,6 +592,10 @@ def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
             "restart": "unless-stopped",
         }
     )
+    volumes: dict[str, Any] = {"prometheus-data": {}, "grafana-data": {}}
+    if settings.monitoring.receivers:
+        _add_alertmanager(document, settings)
+        volumes["alertmanager-data"] = {}
     configs["grafana-datasource"] = {
         "content": yaml.safe_dump(
             {
@@ -566,7 +614,7 @@ def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
             }
         )
     }
-    dashboard_mounts = _file_configs(configs, "dashboards", "*.json", "dashboard", "/etc/dashboards")
+    dashboard_mounts = _file_configs(configs, dashboards(), "dashboard", "/etc/dashboards")
     services["grafana"] = _hardened(
         {
             "image": GRAFANA_IMAGE,
@@ -613,4 +661,25 @@ def _add_monitoring(document: dict[str, Any], settings: StackSettings) -> None:
             }
         )
     document["secrets"]["grafana_admin_password"] = {"file": GRAFANA_PASSWORD_FILE}
-    document["volumes"] = {"prometheus-data": {}, "grafana-data": {}}
+    document["volumes"] = volumes
+
+
+def _add_alertmanager(document: dict[str, Any], settings: StackSettings) -> None:
+    """Alertmanager sends every alert to every configured receiver. Its configuration holds no secret:
+    webhook URLs are plain config, and email goes through the configured relay without credentials."""
+    document["configs"]["alertmanager"] = {"content": alertmanager_config(settings)}
+    document["services"]["alertmanager"] = _hardened(
+        {
+            "image": ALERTMANAGER_IMAGE,
+            # One instance: no cluster listener (it would bind 0.0.0.0:9094 for peers).
+            "command": [
+                "--config.file=/etc/alertmanager/alertmanager.yml",
+                "--storage.path=/alertmanager",
+                "--cluster.listen-address=",
+            ],
+            "configs": [{"source": "alertmanager", "target": "/etc/alertmanager/alertmanager.yml"}],
+            "volumes": ["alertmanager-data:/alertmanager"],
+            "ports": [f"127.0.0.1:{ALERTMANAGER_PORT}:{ALERTMANAGER_PORT}"],
+            "restart": "unless-stopped",
+        }
+    )

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from infra.azure.cloud_init import CloudInitArgs, fetch_secrets_script
 from infra.azure.vm import decode_custom_data
 from infra.compose import (
     API_KEYS_CADDY_FILE,
+    BACKEND_SERVER_PORTS,
     CADDY_IMAGE,
     DATA_FOLDERS,
+    PROXY_METRICS_PORT,
     UPSTREAM_AUTH_CADDY_FILE,
     caddyfile,
     compose_project,
@@ -192,7 +195,7 @@ def test_dollars_are_escaped_so_compose_interpolates_nothing() -> None:
     text = compose_project(settings_for(), REGISTRY)
     assert re.search(r"(?<!\$)\$(?!\$)", text.replace("$$", "")) is None
     compose = interpolated(yaml.safe_load(text))
-    from infra.compose import MONITORING
+    from infra.monitoring_files import MONITORING
 
     alerts = MONITORING / "rules" / "alerts.rules.yml"
     assert "$labels" in alerts.read_text()
@@ -361,6 +364,11 @@ def _site_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
+def _backend_servers(text: str) -> dict[int, str]:
+    """`http://:<port> { ... }` site blocks by port (one level of nested braces)."""
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^http://:(\d+) \{\n((?:\t[^\n]*\n)*)\}", text, re.M)}
+
+
 def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
     settings = settings_for(overrides={"webUi": {"enabled": True}})
     text = caddyfile(settings)
@@ -369,9 +377,13 @@ def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
     assert set(blocks) == {r.prefix for r in routes(settings)}
     for route in routes(settings):
         block = blocks[route.prefix]
-        guard, proxied = block.index("handle @no_api_key {"), block.index(f"reverse_proxy {route.backend}:8000")
-        assert guard < proxied and "401" in block[guard:proxied]
-        assert "flush_interval -1" in block and "import /run/secrets/upstream_auth_caddy" in block
+        port = BACKEND_SERVER_PORTS[route.backend]
+        guard, proxied = block.index("handle @no_api_key {"), block.index(f"reverse_proxy 127.0.0.1:{port} {{")
+        assert guard < proxied and "401" in block[guard:proxied] and "flush_interval -1" in block
+        # The backend's own server (loopback only) adds the upstream key.
+        server = _backend_servers(text)[port]
+        assert server.startswith("\tbind 127.0.0.1\n") and f"reverse_proxy {route.backend}:8000 {{" in server
+        assert "flush_interval -1" in server and "import /run/secrets/upstream_auth_caddy" in server
     # Whatever no backend prefix matches goes to Open WebUI, which signs its users in itself.
     catch_all = text[text.rindex("\thandle {") :]
     assert "@no_api_key" not in catch_all and "reverse_proxy webui:8080" in catch_all
@@ -387,6 +399,27 @@ def test_a_domain_gets_acme_and_host_routing_a_site_per_backend() -> None:
     for name in BACKENDS:
         assert f"{name}.llm.example.com {{" in host
     assert host.count("import /run/secrets/api_keys_caddy") == 3
+
+
+def test_each_backend_has_a_named_server_so_metrics_tell_backends_apart() -> None:
+    """Caddy labels request metrics with the server's name: one loopback server per enabled backend,
+    named after it, and the metrics handler on a port the Compose file does not publish."""
+    for overrides in (
+        {},
+        {"gateway": {"domain": "llm.example.com", "acmeEmail": "ops@example.com", "routing": "host"}},
+        {"backends": backends_with(vllm={"enabled": False})},
+    ):
+        settings = settings_for(overrides=overrides)
+        text = caddyfile(settings)
+        enabled = [r.backend for r in routes(settings)]
+        options = text[: text.index("\n}\n")]
+        assert "\n\tmetrics\n" in options
+        for backend in enabled:
+            port = BACKEND_SERVER_PORTS[backend]
+            assert f"\tservers 127.0.0.1:{port} {{\n\t\tname {backend}\n" in options
+        assert set(_backend_servers(text)) == {BACKEND_SERVER_PORTS[b] for b in enabled} | {PROXY_METRICS_PORT}
+        assert _backend_servers(text)[PROXY_METRICS_PORT] == "\tmetrics /metrics\n"
+    assert render()["services"]["proxy"]["ports"] == ["443:8443"]
 
 
 def test_web_ui_reaches_the_backends_with_keys_from_files() -> None:
@@ -557,21 +590,44 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[str]:
-    """The rendered Caddyfile run by a local Caddy on loopback, backends replaced by an echo server."""
-    caddy = shutil.which("caddy")
+def _caddy() -> tuple[str, tuple[int, int]]:
+    """The Caddy binary to test with ($CADDY, else Debian's) and its version."""
+    caddy = os.environ.get("CADDY") or shutil.which("caddy")
     if caddy is None:
         pytest.skip(f"caddy is not installed (Debian's `caddy` package; the VM runs {CADDY_IMAGE})")
+    output = subprocess.run([caddy, "version"], capture_output=True, text=True, check=True).stdout
+    match = re.match(r"v?(\d+)\.(\d+)", output.strip())
+    assert match, output
+    return caddy, (int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class RunningProxy:
+    url: str
+    metrics: str
+    version: tuple[int, int]
+
+
+@pytest.fixture
+def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProxy]:
+    """The rendered Caddyfile run by a local Caddy on loopback, backends replaced by an echo server."""
+    caddy, version = _caddy()
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    https, http, health = _free_port(), _free_port(), _free_port()
+    https, http, health, metrics = _free_port(), _free_port(), _free_port(), _free_port()
     text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}))
     text = text.replace("https_port 8443", f"https_port {https}").replace("http_port 8080", f"http_port {http}")
     text = text.replace(":8443 {", f":{https} {{\n\tbind 127.0.0.1").replace("8081", str(health))
+    text = text.replace(f":{PROXY_METRICS_PORT} {{", f":{metrics} {{\n\tbind 127.0.0.1")
+    for port in BACKEND_SERVER_PORTS.values():
+        text = text.replace(f":{port}", f":{_free_port()}")
     text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", f"127.0.0.1:{upstream.server_port}", text)
     for name in (API_KEYS_CADDY_FILE, UPSTREAM_AUTH_CADDY_FILE):
         text = text.replace(f"/run/secrets/{name.replace('.', '_')}", str(fetched_secrets / name))
+    if version < (2, 9):
+        # Debian's Caddy 2.6 predates server names and the `metrics` option (the image runs 2.10).
+        text = re.sub(r"\n\tmetrics\n", "\n", text)
+        text = re.sub(r"\n\tservers [^\n]+\{\n(\t\t[^\n]*\n)*\t\}", "", text)
     (tmp_path / "Caddyfile").write_text(text)
     home = tmp_path / "caddy-home"
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
@@ -591,11 +647,16 @@ def proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(process.stderr.read().decode() if process.stderr else "caddy failed") from None
                 time.sleep(0.2)
-        yield f"https://127.0.0.1:{https}"
+        yield RunningProxy(f"https://127.0.0.1:{https}", f"http://127.0.0.1:{metrics}/metrics", version)
     finally:
         process.terminate()
         process.wait(timeout=10)
         upstream.shutdown()
+
+
+@pytest.fixture
+def proxy(running_proxy: RunningProxy) -> str:
+    return running_proxy.url
 
 
 def _get(url: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -619,3 +680,28 @@ def test_proxy_admits_only_requests_with_a_key_and_forwards_the_upstream_key(pro
             assert status == 200 and body == {"path": "/v1/models", "authorization": "Bearer KeyDefault1"}
     status, body = _get(f"{proxy}/")
     assert status == 200 and body["authorization"] is None  # Open WebUI signs its users in itself
+
+
+def test_proxy_counts_requests_per_backend_for_the_gateway_rules(running_proxy: RunningProxy) -> None:
+    """Caddy's metrics name the backend in `server`: what slm:gateway_* (job slm-gateway) reads."""
+    if running_proxy.version < (2, 10):
+        pytest.skip(f"Caddy {running_proxy.version} predates the `metrics` option; the VM runs {CADDY_IMAGE}")
+    for prefix, count in (("vllm", 3), ("ollama", 2), ("onnx", 1)):
+        for _ in range(count):
+            assert _get(f"{running_proxy.url}/{prefix}/v1/models", "KeyDefault1")[0] == 200
+        assert _get(f"{running_proxy.url}/{prefix}/v1/models")[0] == 401  # answered before the backend
+    with urllib.request.urlopen(running_proxy.metrics, timeout=10) as response:  # noqa: S310
+        exposition = response.read().decode()
+    counts: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if line.startswith("caddy_http_request_duration_seconds_count{") and 'handler="reverse_proxy"' in line:
+            server = re.search(r'server="([^"]+)"', line)
+            assert server
+            counts[server.group(1)] = counts.get(server.group(1), 0) + float(line.rsplit(" ", 1)[1])
+    # The public server proxies every backend (and Open WebUI) too: the rules read the named servers only.
+    assert {k: v for k, v in counts.items() if k in BACKEND_SERVER_PORTS} == {"vllm": 3, "ollama": 2, "onnx": 1}
+    from infra.monitoring_files import MONITORING
+
+    documented = (MONITORING / "metrics" / "caddy.txt").read_text()
+    for name in re.findall(r"^(caddy_http_[a-z_]+?)(?:_bucket|_sum|_count)?[{ ]", exposition, re.M):
+        assert name in documented, name

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from infra.azure.cloud_init import CloudInitArgs, cloud_config
 from infra.azure.vm import CUSTOM_DATA_LIMIT, decode_custom_data
 from infra.recording import Secret
 from tests.conftest import run_stack, stack_value
+from tests.test_compose import settings_for
 
 SCHEMA = Path(__file__).parent / "data" / "cloud-config-schema-v1.json"
 VM = "azure-native:compute:VirtualMachine"
@@ -138,23 +141,83 @@ def _compose(rec: Any) -> dict[str, Any]:
 
 
 def test_vm_runs_monitoring_with_the_shared_rules_and_dashboards(rendered: Any) -> None:
-    from infra.compose import MONITORING
+    from infra.monitoring_files import THRESHOLDS_FILE, dashboards, rule_files
 
     compose = _compose(rendered("dev"))
     services, configs = compose["services"], compose["configs"]
     assert {"prometheus", "grafana", "node-exporter", "dcgm-exporter"} <= set(services)
+    settings = settings_for("dev")
     # Compose reads `$$` as `$` (alert templates, dashboard variables).
-    for path in (MONITORING / "rules").glob("*.yml"):
-        assert configs[f"rules-{path.stem}"]["content"].replace("$$", "$") == path.read_text()
-    for path in (MONITORING / "dashboards").glob("*.json"):
-        assert configs[f"dashboard-{path.stem}"]["content"].replace("$$", "$") == path.read_text()
+    rules = rule_files(settings)
+    assert THRESHOLDS_FILE in rules and len(rules) == 3
+    mounts = {m["source"]: m["target"] for m in services["prometheus"]["configs"]}
+    for name, text in rules.items():
+        config = f"rules-{Path(name).stem}"
+        assert configs[config]["content"].replace("$$", "$") == text
+        assert mounts[config] == f"/etc/prometheus/rules/{name}"
+    for name, text in dashboards().items():
+        assert configs[f"dashboard-{Path(name).stem}"]["content"].replace("$$", "$") == text
     prometheus = yaml.safe_load(configs["prometheus"]["content"])
+    assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
-    assert jobs["slm-dcgm"] == ["dcgm-exporter:9400"] and jobs["slm-onnx"] == ["onnx:8000"] and "slm-ollama" not in jobs
+    # The job names Kubernetes' monitors produce too; Ollama is measured at the proxy.
+    assert jobs == {
+        "slm-node": ["node-exporter:9100"],
+        "slm-dcgm": ["dcgm-exporter:9400"],
+        "slm-vllm": ["vllm:8000"],
+        "slm-onnx": ["onnx:8000"],
+        "slm-gateway": ["proxy:9180"],
+    }
+    assert "alerting" not in prometheus and "alertmanager" not in services  # no receivers in dev
     for name, service in services.items():
         if name != "proxy":  # the TLS proxy is the one public listener (tests/test_compose.py)
             assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
         assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+
+
+def test_vm_thresholds_and_prices_come_from_the_stack_config() -> None:
+    monitoring = {"thresholds": {"ttftP95Seconds": 2.5}, "gpuHourlyUsd": {"Standard_NC4as_T4_v3": 0.526}}
+    compose = _compose(run_stack("dev", {"monitoring": monitoring}))
+    thresholds = yaml.safe_load(compose["configs"]["rules-thresholds.rules"]["content"])
+    rules = {
+        (r["record"], r["expr"], tuple(r.get("labels", {}).items())) for g in thresholds["groups"] for r in g["rules"]
+    }
+    assert ("slm:threshold:ttft_p95_seconds", "vector(2.5)", ()) in rules
+    assert ("slm:gpu_hourly_usd", "vector(0.526)", (("vm_size", "Standard_NC4as_T4_v3"),)) in rules
+    vm_size = settings_for("dev").vm.size
+    assert ("slm:node_vm_size:info", "group by (Hostname) (DCGM_FI_DEV_GPU_UTIL)", (("vm_size", vm_size),)) in rules
+
+
+def test_receivers_add_an_alertmanager_on_loopback(tmp_path: Path) -> None:
+    monitoring = {
+        "receivers": [
+            {"name": "ops-webhook", "webhookUrl": "https://hooks.example.com/alerts"},
+            {"name": "ops-mail", "emailTo": "ops@example.com"},
+        ],
+        "smtpSmarthost": "smtp.example.com:587",
+        "smtpFrom": "alerts@example.com",
+    }
+    compose = _compose(run_stack("dev", {"monitoring": monitoring}))
+    services, configs = compose["services"], compose["configs"]
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"] == "prom/alertmanager:v0.28.1" and alertmanager["ports"] == ["127.0.0.1:9093:9093"]
+    assert alertmanager["read_only"] is True and "--cluster.listen-address=" in alertmanager["command"]
+    prometheus = yaml.safe_load(configs["prometheus"]["content"])
+    assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    config = yaml.safe_load(configs["alertmanager"]["content"])
+    assert config["global"]["smtp_smarthost"] == "smtp.example.com:587"
+    assert [r["receiver"] for r in config["route"]["routes"]] == ["ops-webhook", "ops-mail"]
+    assert all(r["continue"] for r in config["route"]["routes"])
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert receivers["ops-webhook"]["webhook_configs"][0]["url"] == "https://hooks.example.com/alerts"
+    assert receivers["ops-mail"]["email_configs"][0]["to"] == "ops@example.com"
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (Debian package `prometheus-alertmanager`)")
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(configs["alertmanager"]["content"].replace("$$", "$"))
+    result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_grafana_password_is_generated_kept_secret_and_read_from_a_file(rendered: Any) -> None:
