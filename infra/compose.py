@@ -33,7 +33,7 @@ OLLAMA_IMAGE = images.OLLAMA
 OPEN_WEBUI_IMAGE = images.OPEN_WEBUI
 CADDY_IMAGE = images.CADDY
 # Runs only when receivers are configured.
-ALERTMANAGER_IMAGE = "prom/alertmanager:v0.28.1"
+ALERTMANAGER_IMAGE = images.ALERTMANAGER
 SECRETS_GROUP = "10001"  # the group that may read the tmpfs secrets
 SECRETS_DIR = "/run/slm-serving/secrets"
 GRAFANA_PASSWORD_FILE = f"{SECRETS_DIR}/grafana_admin_password"
