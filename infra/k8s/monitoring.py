@@ -48,6 +48,8 @@ class MonitoringArgs:
     # File name -> content (infra/monitoring_files.py): rules incl. generated thresholds, dashboards.
     rule_files: Mapping[str, str]
     dashboards: Mapping[str, str]
+    # alertmanager.yml as a document (infra/monitoring_files.alertmanager_document with RECEIVERS_MOUNT).
+    alertmanager: dict[str, object]
     uses_gpu: bool
     gpu_taints: Sequence[str]
     labels: dict[str, str]
@@ -57,35 +59,7 @@ class MonitoringArgs:
     gateway_depends_on: Sequence[pulumi.Resource] = ()
 
 
-def alertmanager_config(config: MonitoringConfig) -> dict[str, object]:
-    """Route everything to the configured receivers (none: a receiver that drops, as the chart does)."""
-    receivers: list[dict[str, object]] = [{"name": "none"}]
-    routes: list[dict[str, object]] = []
-    for receiver in config.receivers:
-        entry: dict[str, object] = {"name": receiver.name}
-        if receiver.webhook_url is not None:
-            entry["webhook_configs"] = [{"url_file": f"{RECEIVERS_MOUNT}/{receiver.name}", "send_resolved": True}]
-        if receiver.email_to is not None:
-            entry["email_configs"] = [{"to": receiver.email_to, "send_resolved": True}]
-        receivers.append(entry)
-        routes.append({"receiver": receiver.name, "matchers": ['severity=~"critical|warning"'], "continue": True})
-    document: dict[str, object] = {
-        "route": {
-            "receiver": "none",
-            "group_by": ["alertname", "job", "namespace"],
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
-            "routes": routes,
-        },
-        "receivers": receivers,
-    }
-    if config.smtp_smarthost is not None:
-        document["global"] = {"smtp_smarthost": config.smtp_smarthost, "smtp_from": config.smtp_from}
-    return document
-
-
-def stack_values(config: MonitoringConfig) -> dict[str, object]:
+def stack_values(config: MonitoringConfig, alertmanager: dict[str, object]) -> dict[str, object]:
     """kube-prometheus-stack values: no secret here; Grafana and Alertmanager read theirs from Secrets."""
     return {
         "prometheus": {
@@ -97,8 +71,10 @@ def stack_values(config: MonitoringConfig) -> dict[str, object]:
                 "retention": "15d",
             }
         },
+        # The cost dashboard prices GPU nodes by their VM size label.
+        "kube-state-metrics": {"metricLabelsAllowlist": ["nodes=[node.kubernetes.io/instance-type]"]},
         "alertmanager": {
-            "config": alertmanager_config(config),
+            "config": alertmanager,
             "alertmanagerSpec": {"secrets": [RECEIVERS_SECRET] if config.receivers else []},
         },
         "grafana": {
@@ -191,7 +167,7 @@ class MonitoringStack(pulumi.ComponentResource):
                 version=KUBE_PROMETHEUS_STACK.version,
                 repository_opts={"repo": KUBE_PROMETHEUS_STACK.repo},
                 namespace=namespace,
-                values=stack_values(config),
+                values=stack_values(config, args.alertmanager),
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=before_chart)),
             )
             # The chart carries the operator's CRDs: monitors and rules are created after it.
