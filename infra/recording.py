@@ -217,6 +217,9 @@ def _computed_outputs(reg: Registration) -> dict[str, Any]:
         }
     elif reg.type == "azure-native:network:PublicIPAddress":
         out["ipAddress"] = "198.51.100.7"
+        label = (i.get("dnsSettings") or {}).get("domainNameLabel")
+        if label:
+            out["dnsSettings"] = {"domainNameLabel": label, "fqdn": f"{label}.{i.get('location')}.cloudapp.azure.com"}
     elif reg.type == "azure-native:compute:VirtualMachine":
         out["identity"] = {**i.get("identity", {}), "principalId": "55555555-5555-5555-5555-555555555555"}
     elif reg.type == "azure-native:managedidentity:UserAssignedIdentity":
