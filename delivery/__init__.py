@@ -1,0 +1,1 @@
+"""Delivery: ephemeral test stacks on the Automation API and the endpoint smoke test."""
