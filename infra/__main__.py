@@ -29,7 +29,7 @@ from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noq
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project, vm_generated_secrets, vm_secret_files  # noqa: E402
 from infra.endpoints import BACKEND_PORT, public_base_url, routes, web_ui_url  # noqa: E402
-from infra.images import image_ref  # noqa: E402
+from infra.images import Build, StackImages, StackImagesArgs  # noqa: E402
 from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs  # noqa: E402
 from infra.k8s.api_keys import ApiKeys, ApiKeysArgs  # noqa: E402
 from infra.k8s.backends.ollama import OllamaBackend, OllamaBackendArgs  # noqa: E402
@@ -60,6 +60,29 @@ class Platform:
     # The host clients reach the gateway at, and how the gateway's Service gets that address.
     gateway_host: pulumi.Input[str] | None = None
     gateway_service_annotations: pulumi.Input[dict[str, str]] = field(default_factory=dict)
+    # (image, variant) -> what workloads run: pushed by digest, or the build-context tag.
+    image_refs: dict[tuple[str, str], pulumi.Output[str]] = field(default_factory=dict)
+
+
+def _onnx_variant(s: config.StackSettings) -> str:
+    return "cuda" if s.backends.onnx.device == "gpu" else "cpu"
+
+
+def _images(cfg: config.StackConfig, registry: pulumi.Input[str]) -> dict[tuple[str, str], pulumi.Output[str]]:
+    """Build and push the stack's own images (only what an enabled backend runs)."""
+    s = cfg.settings
+    if not s.backends.onnx.enabled:
+        return {}
+    images = StackImages(
+        f"slm-{cfg.stack}-images",
+        StackImagesArgs(
+            registry=registry,
+            mode=s.images.build,
+            builds=(Build("converter"), Build("onnx-server", _onnx_variant(s))),
+            entra_login=s.is_azure,
+        ),
+    )
+    return images.refs
 
 
 def _export_vm_endpoints(s: config.StackSettings, public_ip: pulumi.Output[str], vault: SecretVault) -> None:
@@ -155,6 +178,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
     pulumi.export("resourceGroup", group.name)
     pulumi.export("registryLoginServer", registry.login_server)
 
+    image_refs = _images(cfg, registry.login_server)
     if s.target == "vm":
         vm = ServingVm(
             name,
@@ -169,7 +193,9 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
                 secrets=vm_secret_files(s),
                 registry_login_server=registry.login_server,
                 subscription_id=client.subscription_id,
-                compose_yaml=registry.login_server.apply(lambda server: compose_project(s, server)),
+                compose_yaml=pulumi.Output.all(registry.login_server, *image_refs.values()).apply(
+                    lambda parts: compose_project(s, parts[0], dict(zip(image_refs, parts[1:], strict=True)))
+                ),
                 encryption_at_host=s.encryption_at_host,
                 tags=tags,
                 protect=protect,
@@ -181,7 +207,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
         _export_vm_endpoints(s, vm.public_ip, vault)
         if vm.ssh_private_key is not None:
             pulumi.export("vmSshPrivateKey", vm.ssh_private_key)
-        return Platform(provider=None, registry=registry.login_server)
+        return Platform(provider=None, registry=registry.login_server, image_refs=image_refs)
 
     logs = LogAnalytics(
         name,
@@ -242,6 +268,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
         storage_class=s.storage.class_name or "azurefile-csi-premium",
         gateway_host=s.gateway.domain or address.host,
         gateway_service_annotations=address.service_annotations,
+        image_refs=image_refs,
     )
 
 
@@ -299,7 +326,7 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
             ModelConversionArgs(
                 provider=provider,
                 namespace=namespace.name,
-                image=pulumi.Output.from_input(platform.registry).apply(lambda r: image_ref(r, "converter")),
+                image=platform.image_refs[("converter", "cpu")],
                 conversion=b.onnx.conversion,
                 target=b.onnx.conversion_target,
                 storage_class=platform.storage_class,
@@ -311,13 +338,12 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
             ),
             opts=in_namespace,
         )
-        variant = "cuda" if b.onnx.device == "gpu" else "cpu"
         OnnxBackend(
             f"{name}-onnx-server",
             OnnxBackendArgs(
                 platform=backend_platform,
                 config=b.onnx,
-                image=pulumi.Output.from_input(platform.registry).apply(lambda r: image_ref(r, "onnx-server", variant)),
+                image=platform.image_refs[("onnx-server", _onnx_variant(s))],
                 conversion=conversion,
                 api_keys_secret=keys.backend_secret,
             ),
@@ -428,7 +454,12 @@ def main() -> None:
             f"slm-{cfg.stack}",
             ExistingClusterArgs(kubeconfig=cfg.secrets.kubeconfig, context=s.cluster.context),
         )
-        platform = Platform(provider=cluster.provider, registry=s.cluster.registry, storage_class=s.storage.class_name)
+        platform = Platform(
+            provider=cluster.provider,
+            registry=s.cluster.registry,
+            storage_class=s.storage.class_name,
+            image_refs=_images(cfg, s.cluster.registry),
+        )
 
     if platform.provider is not None:
         _workloads(cfg, platform)

@@ -7,6 +7,7 @@ services read them as Compose secrets (files under /run/secrets)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,12 @@ def escape_interpolation(value: Any) -> Any:
     return value
 
 
-def compose_project(settings: StackSettings, registry: str) -> str:
+def _ref(registry: str, refs: Mapping[tuple[str, str], str] | None, name: str, variant: str) -> str:
+    """The pushed image (tag@digest) when the stack built it, else its build-context tag."""
+    return (refs or {}).get((name, variant)) or image_ref(registry, name, variant)
+
+
+def compose_project(settings: StackSettings, registry: str, refs: Mapping[tuple[str, str], str] | None = None) -> str:
     services: dict[str, Any] = {
         "status": _hardened(
             {
@@ -142,7 +148,7 @@ def compose_project(settings: StackSettings, registry: str) -> str:
     if backends.ollama.enabled:
         _add_ollama(document, settings)
     if backends.onnx.enabled:
-        _add_onnx(document, settings, registry)
+        _add_onnx(document, settings, registry, refs)
     if settings.web_ui.enabled:
         _add_web_ui(document, settings)
     _add_proxy(document, settings)
@@ -310,14 +316,16 @@ def _add_ollama(document: dict[str, Any], settings: StackSettings) -> None:
     )
 
 
-def _add_onnx(document: dict[str, Any], settings: StackSettings, registry: str) -> None:
+def _add_onnx(
+    document: dict[str, Any], settings: StackSettings, registry: str, refs: Mapping[tuple[str, str], str] | None
+) -> None:
     onnx = settings.backends.onnx
     target = onnx.conversion_target
     key = conversion_spec(onnx.conversion, target).key()
     services = document["services"]
     services["convert"] = _hardened(
         {
-            "image": image_ref(registry, "converter"),
+            "image": _ref(registry, refs, "converter", "cpu"),
             "command": converter_arguments(onnx.conversion, target, f"/models/{key}"),
             "user": f"{CONVERTER_UID}:{CONVERTER_UID}",
             "environment": {
@@ -339,7 +347,7 @@ def _add_onnx(document: dict[str, Any], settings: StackSettings, registry: str) 
     services["onnx"] = _hardened(
         {
             # The CUDA build of the server on a GPU backend.
-            "image": image_ref(registry, "onnx-server", "cuda" if onnx.device == "gpu" else "cpu"),
+            "image": _ref(registry, refs, "onnx-server", "cuda" if onnx.device == "gpu" else "cpu"),
             "command": [
                 "--model",
                 f"/models/{key}",

@@ -576,6 +576,15 @@ class MonitoringConfig(_Model):
         return value
 
 
+class ImagesConfig(_Model):
+    """How the stack's own images (converter, ONNX server) reach the registry."""
+
+    # local: build with this machine's Docker (buildx) and push; remote: build inside ACR with ACR
+    # Tasks (`az acr build`, no Docker daemon needed; Azure targets); none: built and pushed
+    # elsewhere, referenced by their build-context tag.
+    build: Literal["local", "remote", "none"] = "local"
+
+
 class WebUiConfig(_Model):
     """Open WebUI in front of the backends, with its own sign-in (exposed at <gateway>/ui)."""
 
@@ -606,6 +615,7 @@ class StackSettings(_Model):
     gateway: GatewayConfig = GatewayConfig()
     addons: AddonsConfig = AddonsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    images: ImagesConfig = ImagesConfig()
     web_ui: WebUiConfig = WebUiConfig()
 
     @field_validator("location")
@@ -839,6 +849,10 @@ def _gateway_problems(s: StackSettings) -> list[Problem]:
         problems.append(Problem(f"{k}.acmeEmail", f"required with gateway.domain {gw.domain!r} (ACME account)"))
     if gw.acme_email is not None and gw.domain is None:
         problems.append(Problem(f"{k}.acmeEmail", "set, but gateway.domain is not: the certificate is self-signed"))
+    if s.images.build == "remote" and not s.is_azure:
+        problems.append(
+            Problem(f"{NAMESPACE}:images.build", "remote builds use ACR Tasks (Azure targets); use local or none")
+        )
     mon = s.monitoring
     if any(r.email_to for r in mon.receivers) and (mon.smtp_smarthost is None or mon.smtp_from is None):
         problems.append(

@@ -224,11 +224,26 @@ def _computed_outputs(reg: Registration) -> dict[str, Any]:
         out["identity"] = {**i.get("identity", {}), "principalId": "55555555-5555-5555-5555-555555555555"}
     elif reg.type == "azure-native:managedidentity:UserAssignedIdentity":
         out |= {"principalId": "66666666-6666-6666-6666-666666666666", "clientId": "c3"}
-    elif reg.type == "tls:index/privateKey:PrivateKey":
+    else:
+        out |= _tool_outputs(reg, i)
+    return out
+
+
+def _tool_outputs(reg: Registration, i: dict[str, Any]) -> dict[str, Any]:
+    """Outputs of the non-Azure providers (tls, random, docker-build, command)."""
+    out: dict[str, Any] = {}
+    if reg.type == "tls:index/privateKey:PrivateKey":
         out |= {
             "publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockMockMockMockMockMockMockMockMockMock mock\n",
             "privateKeyOpenssh": "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n",
         }
+    elif reg.type == "docker-build:index:Image":
+        digest = "sha256:" + hashlib.sha256(reg.urn.encode()).hexdigest()
+        tag = (i.get("tags") or [reg.name])[0]
+        out |= {"digest": digest, "ref": f"{tag}@{digest}"}
+    elif reg.type == "command:local:Command":
+        # What a build command prints: the pushed image's digest.
+        out["stdout"] = "sha256:" + hashlib.sha256(reg.urn.encode()).hexdigest() + "\n"
     elif reg.type == "random:index/randomPassword:RandomPassword":
         out["result"] = "mock-" + hashlib.sha256(reg.urn.encode()).hexdigest()[:24]
     return out
@@ -267,9 +282,15 @@ def _user_credentials(args: dict[str, Any]) -> dict[str, Any]:
     return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
 
 
+def _local_command(args: dict[str, Any]) -> dict[str, Any]:
+    # `az acr login --expose-token`: an access token (never a real one here).
+    return {"stdout": "mock-acr-access-token\n", "stderr": "", "command": args.get("command", "")}
+
+
 _INVOKE_ANSWERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "azure-native:authorization:getClientConfig": _client_config,
     "azure-native:containerservice:listManagedClusterUserCredentials": _user_credentials,
+    "command:local:run": _local_command,
 }
 
 

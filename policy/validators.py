@@ -230,16 +230,20 @@ def no_plain_secrets(resource: Resource) -> list[str]:
 # --- tags and protection -------------------------------------------------------------------------
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def required_tags(resource: Resource) -> list[str]:
     if not resource.type.startswith("azure-native:") or resource.type in UNTAGGABLE:
         return []
-    tags = resource.props.get("tags") or {}
+    tags = _mapping(resource.props.get("tags"))
     missing = [tag for tag in REQUIRED_TAGS if not tags.get(tag)]
     return [f"{resource.type} {resource.name} lacks tags: {', '.join(missing)}"] if missing else []
 
 
 def prod_data_is_protected(resource: Resource) -> list[str]:
-    environment = resource.environment or (resource.props.get("tags") or {}).get("env", "")
+    environment = resource.environment or _mapping(resource.props.get("tags")).get("env", "")
     if environment != "prod" or resource.type not in PROTECTED_IN_PROD or resource.protect:
         return []
     return [f"{resource.type} {resource.name} holds data or identity in prod and is not protected"]
