@@ -23,6 +23,7 @@ import yaml
 from infra import recording
 from infra.arm import to_arm_template
 from infra.config import NAMESPACE, SECRET_KEYS, ConfigError, required_secrets
+from policy.validators import Resource, check_all
 
 PLACEHOLDER = "placeholder-not-a-real-secret"
 
@@ -123,7 +124,38 @@ def write_render(rec: recording.Recording, stack_file: StackFile, out: Path, sec
         "seconds": round(seconds, 2),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    policy = policy_results(rec)
+    (out / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
+    (out / "preview.md").write_text(preview_markdown(rec, summary, policy))
     return summary
+
+
+def policy_results(rec: recording.Recording) -> dict[str, list[str]]:
+    """The policy pack's verdict on this render (policy/validators.py), policy -> violations."""
+    resources = [
+        Resource(r.type, r.name, r.inputs, r.protect)
+        for r in rec.resources
+        if r.custom or r.type == "kubernetes:helm.sh/v4:Chart"
+    ]
+    return check_all(resources)
+
+
+def preview_markdown(rec: recording.Recording, summary: dict[str, Any], policy: dict[str, list[str]]) -> str:
+    """Roughly what `pulumi preview` posts on a pull request for a new stack: what would be created,
+    the outputs, and the policy pack's result."""
+    lines = [f"## Preview of `{rec.stack}` (offline render)", ""]
+    lines += ["| create | type |", "|---:|---|"]
+    lines += [f"| {count} | `{type_}` |" for type_, count in summary["counts"].items()]
+    lines += ["", f"**{summary['resources']} resources to create.**", "", "### Outputs", ""]
+    for key, value in sorted(summary["exports"].items()):
+        lines.append(f"- `{key}`: `{json.dumps(value)[:160]}`")
+    failed = {name: found for name, found in policy.items() if found}
+    lines += ["", "### Policy pack (mandatory)", ""]
+    if not failed:
+        lines.append(f"All {len(policy)} policies pass.")
+    for name, found in failed.items():
+        lines += [f"- **{name}**: {len(found)} violation(s)", *(f"  - {v}" for v in found)]
+    return "\n".join(lines) + "\n"
 
 
 def render(stack: str, out: Path, preview: bool = False) -> dict[str, Any]:
@@ -149,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rendered stack {summary['stack']} to {args.out} in {summary['seconds']}s: {summary['resources']} resources")
     for type_, count in summary["counts"].items():
         print(f"  {count:3d}  {type_}")
+    violations = json.loads((args.out / "policy.json").read_text())
+    failed = sum(len(v) for v in violations.values())
+    print(f"policy pack: {'all policies pass' if not failed else f'{failed} violation(s), see policy.json'}")
     if summary["placeholderSecrets"]:
         print(f"placeholder secrets (not in the stack file): {', '.join(summary['placeholderSecrets'])}")
     return 0
