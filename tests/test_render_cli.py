@@ -61,7 +61,7 @@ def test_preview_render_marks_unknowns(tmp_path: Path) -> None:
 
 def test_broken_stack_file_gives_a_complete_error_list_and_no_traceback(tmp_path: Path) -> None:
     project = tmp_path / "project"
-    for package in ("infra", "convert"):
+    for package in ("infra", "convert", "policy", "monitoring"):
         shutil.copytree(PROJECT_ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT_ROOT / "Pulumi.yaml", project)
     broken = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())
