@@ -142,6 +142,8 @@ class StackImages(pulumi.ComponentResource):
                     platforms=[docker_build.Platform.LINUX_AMD64],
                     tags=[tagged],
                     push=True,
+                    # Previews (every pull request) plan the build; `up` builds and pushes.
+                    build_on_preview=False,
                     # Layers cached in the registry: another machine (CI) reuses them.
                     cache_from=[{"registry": {"ref": cache}}],
                     cache_to=[{"registry": {"ref": cache, "mode": docker_build.CacheMode.MAX, "image_manifest": True}}],

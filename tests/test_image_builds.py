@@ -29,6 +29,7 @@ def test_local_builds_push_by_context_tag_with_a_registry_cache(rendered: Any) -
     converter = images["slm-prod-images-converter-cpu"].plain
     assert converter["tags"] == [image_ref("slmprod.azurecr.io", "converter")]
     assert converter["push"] is True and converter["buildArgs"] == {"VARIANT": "cpu"}
+    assert converter["buildOnPreview"] is False
     assert converter["dockerfile"]["location"].endswith("images/converter/Dockerfile")
     cache = converter["cacheTo"][0]["registry"]
     assert cache["ref"] == "slmprod.azurecr.io/slm-serving/converter:buildcache-cpu" and cache["mode"] == "max"
