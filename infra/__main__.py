@@ -28,7 +28,14 @@ from infra.azure.network import InboundRule, Network, NetworkArgs, SubnetSpec  #
 from infra.azure.registry import ContainerRegistry, ContainerRegistryArgs  # noqa: E402
 from infra.azure.vm import ServingVm, ServingVmArgs  # noqa: E402
 from infra.compose import compose_project, vm_generated_secrets, vm_secret_files  # noqa: E402
-from infra.endpoints import BACKEND_PORT, public_base_url, routes, web_ui_url  # noqa: E402
+from infra.endpoints import (  # noqa: E402
+    BACKEND_PORT,
+    azure_dns_label,
+    azure_host,
+    public_base_url,
+    routes,
+    web_ui_url,
+)
 from infra.images import Build, StackImages, StackImagesArgs  # noqa: E402
 from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs  # noqa: E402
 from infra.k8s.api_keys import ApiKeys, ApiKeysArgs  # noqa: E402
@@ -85,7 +92,7 @@ def _images(cfg: config.StackConfig, registry: pulumi.Input[str]) -> dict[tuple[
     return images.refs
 
 
-def _export_vm_endpoints(s: config.StackSettings, public_ip: pulumi.Output[str], vault: SecretVault) -> None:
+def _export_vm_endpoints(s: config.StackSettings, host: str, public_ip: pulumi.Output[str], vault: SecretVault) -> None:
     """The same `endpoints`, `apiKeys` and `apiKey` exports as the Kubernetes targets, for the VM's proxy."""
     keys = pulumi.Output.secret(
         pulumi.Output.all(**{c: vault.generated[api_key_secret(c)] for c in s.gateway.api_key_clients})
@@ -94,16 +101,16 @@ def _export_vm_endpoints(s: config.StackSettings, public_ip: pulumi.Output[str],
         "endpoints",
         public_ip.apply(
             lambda ip: {
-                "gateway": {"address": s.gateway.domain or ip},
+                "gateway": {"address": host, "ip": ip},
                 "backends": {
                     r.backend: {
-                        "baseUrl": public_base_url(s, r, s.gateway.domain or ip),
+                        "baseUrl": public_base_url(s, r, host),
                         "model": r.models[0],
                         "models": list(r.models),
                     }
                     for r in routes(s)
                 },
-                **({"webUi": web_ui_url(s, s.gateway.domain or ip)} if s.web_ui.enabled else {}),
+                **({"webUi": web_ui_url(s, host)} if s.web_ui.enabled else {}),
             }
         ),
     )
@@ -180,6 +187,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
 
     image_refs = _images(cfg, registry.login_server)
     if s.target == "vm":
+        vm_host = s.gateway.domain or azure_host(s, cfg.stack)
         vm = ServingVm(
             name,
             ServingVmArgs(
@@ -194,17 +202,20 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
                 registry_login_server=registry.login_server,
                 subscription_id=client.subscription_id,
                 compose_yaml=pulumi.Output.all(registry.login_server, *image_refs.values()).apply(
-                    lambda parts: compose_project(s, parts[0], dict(zip(image_refs, parts[1:], strict=True)))
+                    lambda parts: compose_project(
+                        s, parts[0], dict(zip(image_refs, parts[1:], strict=True)), public_host=vm_host
+                    )
                 ),
                 encryption_at_host=s.encryption_at_host,
                 tags=tags,
                 protect=protect,
+                dns_label=azure_dns_label(s, cfg.stack),
             ),
         )
         pulumi.export("vmAddress", vm.public_ip)
         pulumi.export("grafanaAdminPassword", pulumi.Output.secret(vault.generated[GRAFANA_PASSWORD_SECRET]))
         pulumi.export("vmAdminUser", vm.admin_username)
-        _export_vm_endpoints(s, vm.public_ip, vault)
+        _export_vm_endpoints(s, vm_host, vm.public_ip, vault)
         if vm.ssh_private_key is not None:
             pulumi.export("vmSshPrivateKey", vm.ssh_private_key)
         return Platform(provider=None, registry=registry.login_server, image_refs=image_refs)
@@ -246,7 +257,7 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
         GatewayAddressArgs(
             resource_group_name=group.name,
             location=s.location,
-            stack=cfg.stack,
+            dns_label=azure_dns_label(s, cfg.stack),
             subnet_id=net.subnet_ids["aks"],
             subnet_cidr=str(s.network.aks_subnet),
             internal_only=s.gateway.internal_only,
@@ -266,7 +277,8 @@ def _azure(cfg: config.StackConfig, tags: dict[str, str]) -> Platform:
         gpu_node_selector=common_labels,
         # Azure Files: ReadWriteMany, so every replica shares one copy of the model.
         storage_class=s.storage.class_name or "azurefile-csi-premium",
-        gateway_host=s.gateway.domain or address.host,
+        # Known before deployment: the certificate names it.
+        gateway_host=s.gateway.domain or (address.host if s.gateway.internal_only else azure_host(s, cfg.stack)),
         gateway_service_annotations=address.service_annotations,
         image_refs=image_refs,
     )
@@ -377,6 +389,9 @@ def _workloads(cfg: config.StackConfig, platform: Platform) -> None:
             api_keys_secret=keys.gateway_secret,
             labels=labels,
             service_annotations=platform.gateway_service_annotations,
+            extra_hosts=pulumi.Output.from_input(platform.gateway_host or s.gateway.address or "").apply(
+                lambda h: [h.split(":", 1)[0]] if h else []
+            ),
             web_ui=web_ui is not None,
             depends_on=[namespace, *addons.gateway_dependencies],
         ),

@@ -121,7 +121,12 @@ def _ref(registry: str, refs: Mapping[tuple[str, str], str] | None, name: str, v
     return (refs or {}).get((name, variant)) or image_ref(registry, name, variant)
 
 
-def compose_project(settings: StackSettings, registry: str, refs: Mapping[tuple[str, str], str] | None = None) -> str:
+def compose_project(
+    settings: StackSettings,
+    registry: str,
+    refs: Mapping[tuple[str, str], str] | None = None,
+    public_host: str | None = None,
+) -> str:
     services: dict[str, Any] = {
         "status": _hardened(
             {
@@ -151,7 +156,7 @@ def compose_project(settings: StackSettings, registry: str, refs: Mapping[tuple[
         _add_onnx(document, settings, registry, refs)
     if settings.web_ui.enabled:
         _add_web_ui(document, settings)
-    _add_proxy(document, settings)
+    _add_proxy(document, settings, public_host)
     _add_monitoring(document, settings)
     return yaml.safe_dump(escape_interpolation(document), sort_keys=False, width=1000)
 
@@ -462,7 +467,7 @@ def _indent(lines: list[str], depth: int = 1) -> list[str]:
     return [("\t" * depth + line) if line else line for line in lines]
 
 
-def caddyfile(settings: StackSettings) -> str:
+def caddyfile(settings: StackSettings, public_host: str | None = None) -> str:
     """The proxy's Caddyfile: every backend route needs `Authorization: Bearer <one of the keys>`;
     Open WebUI (the root path, or ui.<domain>) has its own sign-in."""
     gateway = settings.gateway
@@ -475,8 +480,9 @@ def caddyfile(settings: StackSettings) -> str:
     if gateway.domain:
         global_options += [f"email {gateway.acme_email}", f"acme_ca {gateway.acme_server}"]
     else:
-        # Clients that reach the VM by IP send no SNI: name the on-demand certificate.
-        global_options.append("default_sni slm-serving")
+        # Clients use the VM's DNS name (its certificate is issued on demand for the name they ask
+        # for); a client that connects by IP sends no SNI and gets the DNS name's certificate.
+        global_options.append(f"default_sni {public_host or 'slm-serving'}")
     route_list = routes(settings)
     # Request metrics (Caddy 2.10: the `metrics` option), per backend through the servers' names;
     # the backend servers trust the public one's X-Forwarded-For (the client's address).
@@ -515,8 +521,8 @@ def caddyfile(settings: StackSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _add_proxy(document: dict[str, Any], settings: StackSettings) -> None:
-    document["configs"]["caddyfile"] = {"content": caddyfile(settings)}
+def _add_proxy(document: dict[str, Any], settings: StackSettings, public_host: str | None) -> None:
+    document["configs"]["caddyfile"] = {"content": caddyfile(settings, public_host)}
     for file in (API_KEYS_CADDY_FILE, UPSTREAM_AUTH_CADDY_FILE):
         _secret(document, _caddy_secret(file), file)
     document["services"]["proxy"] = _hardened(

@@ -3,6 +3,8 @@ Kubernetes and the TLS proxy on the VM, so the `endpoints` export reads the same
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 from dataclasses import dataclass
 
 from infra.config import StackSettings
@@ -52,3 +54,23 @@ def web_ui_url(settings: StackSettings, address: str) -> str:
     if settings.gateway.routing == "host" and settings.gateway.domain:
         return f"https://ui.{settings.gateway.domain}/"
     return f"https://{address}/"
+
+
+def azure_dns_label(settings: StackSettings, stack: str) -> str:
+    """The gateway's (aks) or the VM's DNS label: stable for a stack, so its name is known before
+    deployment and can go on the certificate; unique enough within the region's zone."""
+    digest = hashlib.sha256(f"{settings.owner}/{stack}/{settings.location}".encode()).hexdigest()[:6]
+    return f"slm-{stack}-{digest}"[:63]
+
+
+def azure_host(settings: StackSettings, stack: str) -> str:
+    """`<label>.<region>.cloudapp.azure.com`: Azure's DNS name for a public IP with that label."""
+    return f"{azure_dns_label(settings, stack)}.{settings.location}.cloudapp.azure.com"
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -470,12 +470,22 @@ def test_api_keys_are_generated_per_client_fetched_into_one_file_and_exported() 
 def test_endpoints_export_names_each_backends_url_and_models(rendered: Any) -> None:
     rec = rendered("dev")
     endpoints = rec.exports["endpoints"]
-    assert endpoints["gateway"]["address"] == "198.51.100.7"
+    # The VM's DNS name, known before deployment, so the proxy's certificate names it.
+    host = endpoints["gateway"]["address"]
+    assert re.fullmatch(r"slm-dev-[0-9a-f]{6}\.swedencentral\.cloudapp\.azure\.com", host), host
+    assert endpoints["gateway"]["ip"] == "198.51.100.7"
+    assert f"default_sni {host}" in _compose_caddyfile(rec)
     backends = endpoints["backends"]
     assert set(backends) == set(BACKENDS)
-    assert backends["vllm"]["baseUrl"] == "https://198.51.100.7/vllm/v1"
+    assert backends["vllm"]["baseUrl"] == f"https://{host}/vllm/v1"
     assert backends["ollama"]["models"][0] == backends["ollama"]["model"] == "phi4-mini:3.8b"
     assert isinstance(rec.exports["apiKey"], Secret)
+
+
+def _compose_caddyfile(rec: Any) -> str:
+    from tests.test_vm import _compose  # pyright: ignore[reportPrivateUsage]
+
+    return _compose(rec)["configs"]["caddyfile"]["content"]
 
 
 def test_vm_secret_helpers() -> None:

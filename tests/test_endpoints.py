@@ -13,7 +13,7 @@ from tests.conftest import STACKS, run_stack, stack_value
 URL = re.compile(r"^https://(?P<host>[A-Za-z0-9.-]+)(:\d+)?/(?P<prefix>[a-z0-9-]+)/v1$")
 HOSTS = {
     "prod": r"^slm-prod-[0-9a-f]{6}\.swedencentral\.cloudapp\.azure\.com$",
-    "dev": r"^198\.51\.100\.7$",
+    "dev": r"^slm-dev-[0-9a-f]{6}\.swedencentral\.cloudapp\.azure\.com$",
     "local": r"^localhost$",
 }
 
@@ -53,3 +53,15 @@ def test_host_routing_and_a_domain_give_one_host_per_backend() -> None:
 def test_first_preview_leaves_the_address_unknown_not_empty(rendered: Any) -> None:
     endpoints = rendered("prod", True).exports["endpoints"]
     assert endpoints is UNKNOWN or "https:///" not in str(endpoints)
+
+
+def test_the_gateway_certificate_names_the_address_clients_use(rendered: Any) -> None:
+    from tests.test_serving_manifests import one
+
+    prod_host = rendered("prod").exports["endpoints"]["gateway"]["address"]
+    names = one(rendered("prod"), "Certificate", "gateway-tls")["spec"]["dnsNames"]
+    assert prod_host in names
+    assert "localhost" in one(rendered("local"), "Certificate", "gateway-tls")["spec"]["dnsNames"]
+    internal = run_stack("prod", overrides={"gateway": {"internalOnly": True}})
+    spec = one(internal, "Certificate", "gateway-tls")["spec"]
+    assert spec["ipAddresses"] == [internal.exports["endpoints"]["gateway"]["address"]]

@@ -4,7 +4,6 @@ The Envoy service is told to use it through the Azure cloud provider's service a
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ INTERNAL_IP_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-ipv4"
 class GatewayAddressArgs:
     resource_group_name: pulumi.Input[str]
     location: str
-    stack: str
+    # Azure DNS label of the public IP (infra/endpoints.azure_dns_label).
+    dns_label: str
     subnet_id: pulumi.Input[str]
     subnet_cidr: str
     internal_only: bool
@@ -39,12 +39,6 @@ def internal_ip(subnet_cidr: str) -> str:
     """A fixed address near the end of the subnet: nodes take addresses from its start."""
     subnet = ipaddress.IPv4Network(subnet_cidr)
     return str(subnet.network_address + subnet.num_addresses - 6)
-
-
-def dns_label(stack: str, resource_group_name: str) -> str:
-    """Unique per stack and group within the region's cloudapp.azure.com zone."""
-    digest = hashlib.sha256(f"{resource_group_name}/{stack}".encode()).hexdigest()[:6]
-    return f"slm-{stack}-{digest}"[:63]
 
 
 class GatewayAddress(pulumi.ComponentResource):
@@ -78,7 +72,7 @@ class GatewayAddress(pulumi.ComponentResource):
                 sku={"name": "Standard", "tier": "Regional"},
                 public_ip_allocation_method="Static",
                 public_ip_address_version="IPv4",
-                dns_settings={"domain_name_label": group.apply(lambda g: dns_label(args.stack, g))},
+                dns_settings={"domain_name_label": args.dns_label},
                 tags=dict(args.tags),
                 # Clients and DNS records point at this address: keep it across a replaced cluster.
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
@@ -91,7 +85,7 @@ class GatewayAddress(pulumi.ComponentResource):
                 scope=ip.id,
                 parent=self,
             )
-            self.host = ip.dns_settings.apply(lambda d: (d.fqdn if d else None) or "")
+            self.host = ip.dns_settings.apply(lambda d: (d.fqdn if d else None) or "")  # the same name, from Azure
             self.service_annotations = pulumi.Output.all(ip.name, group).apply(
                 lambda parts: {PIP_NAME_ANNOTATION: parts[0], PIP_GROUP_ANNOTATION: parts[1]}
             )

@@ -56,6 +56,8 @@ class ServingVmArgs:
     encryption_at_host: bool
     tags: Mapping[str, str]
     protect: bool
+    # Azure DNS label for the public IP: <label>.<region>.cloudapp.azure.com.
+    dns_label: str | None = None
 
 
 class ServingVm(pulumi.ComponentResource):
@@ -83,6 +85,8 @@ class ServingVm(pulumi.ComponentResource):
             location=args.location,
             sku={"name": "Standard", "tier": "Regional"},
             public_ip_allocation_method="Static",
+            # A stable DNS name: the proxy's certificate names it.
+            dns_settings={"domain_name_label": args.dns_label},
             tags=tags,
             opts=child,
         )

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GatewayConfig
-from infra.endpoints import BACKEND_PORT, Route
+from infra.endpoints import BACKEND_PORT, Route, is_ip
 from infra.k8s.web_ui import WEB_UI_NAME, WEB_UI_PORT
 
 GATEWAY_NAME = "slm-serving"
@@ -43,6 +43,9 @@ class ServingGatewayArgs:
     labels: dict[str, str]
     # Annotations for the Envoy Service (the Azure address on aks).
     service_annotations: pulumi.Input[dict[str, str]] = field(default_factory=dict)
+    # The names (or IPs) clients use for the gateway: on the certificate too (aks: the public IP's
+    # DNS name or the internal IP; cluster: gateway.address).
+    extra_hosts: pulumi.Input[list[str]] = field(default_factory=list)
     web_ui: bool = False
     # The add-on charts (Envoy Gateway, cert-manager) whose CRDs these objects need.
     depends_on: Sequence[pulumi.Resource] = ()
@@ -54,9 +57,12 @@ def _hostnames(config: GatewayConfig, prefix: str) -> list[str]:
     return []
 
 
-def certificate_names(config: GatewayConfig, routes: Sequence[Route], web_ui: bool) -> list[str]:
+def certificate_names(
+    config: GatewayConfig, routes: Sequence[Route], web_ui: bool, extra_hosts: Sequence[str] = ()
+) -> list[str]:
     if config.domain is None:
-        return [SELF_SIGNED_NAME, f"{PROXY_SERVICE}.{PROXY_NAMESPACE}.svc"]
+        names = [SELF_SIGNED_NAME, f"{PROXY_SERVICE}.{PROXY_NAMESPACE}.svc"]
+        return names + [h for h in dict.fromkeys(extra_hosts) if h and h not in names]
     if config.routing == "path":
         return [config.domain]
     prefixes = [r.prefix for r in routes] + (["ui"] if web_ui else [])
@@ -321,11 +327,22 @@ class ServingGateway(pulumi.ComponentResource):
             CERT_MANAGER_API,
             "Certificate",
             TLS_SECRET,
-            {
-                "secretName": TLS_SECRET,
-                "dnsNames": certificate_names(config, args.routes, args.web_ui),
-                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-                "issuerRef": {"name": issuer_name, "kind": "Issuer", "group": "cert-manager.io"},
-            },
+            pulumi.Output.from_input(args.extra_hosts).apply(
+                lambda hosts: self._certificate_spec(args, issuer_name, hosts)
+            ),
             depends_on=[issuer],
         )
+
+    @staticmethod
+    def _certificate_spec(args: ServingGatewayArgs, issuer_name: str, hosts: Sequence[str]) -> dict[str, object]:
+        names = certificate_names(args.config, args.routes, args.web_ui, hosts)
+        spec: dict[str, object] = {
+            "secretName": TLS_SECRET,
+            "dnsNames": [n for n in names if not is_ip(n)],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "issuerRef": {"name": issuer_name, "kind": "Issuer", "group": "cert-manager.io"},
+        }
+        addresses = [n for n in names if is_ip(n)]
+        if addresses:
+            spec["ipAddresses"] = addresses
+        return spec
