@@ -25,6 +25,7 @@ from infra.k8s.pods import (
     scanner_annotations,
     tolerations,
 )
+from infra.k8s.volumes import model_claim
 
 MODELS_MOUNT = "/models"
 TOKEN_DIR = "/var/run/secrets/huggingface"  # noqa: S105 (a path)
@@ -63,16 +64,14 @@ class ModelConversion(pulumi.ComponentResource):
         self.model_path = f"{MODELS_MOUNT}/{self.key}"
         labels = {**args.labels, "app.kubernetes.io/component": "model-conversion"}
 
-        claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
-            "access_modes": [args.access_mode],
-            "resources": {"requests": {"storage": f"{args.size_gb}Gi"}},
-        }
-        if args.storage_class is not None:  # unset: the cluster's default class
-            claim_spec["storage_class_name"] = args.storage_class
-        claim = k8s.core.v1.PersistentVolumeClaim(
+        claim = model_claim(
             f"{name}-models",
-            metadata={"name": "models", "namespace": args.namespace, "labels": labels},
-            spec=claim_spec,
+            claim="models",
+            size_gb=args.size_gb,
+            namespace=args.namespace,
+            storage_class=args.storage_class,
+            access_mode=args.access_mode,
+            labels=labels,
             opts=child,
         )
         self.claim_name = claim.metadata.apply(lambda m: m.name or "models")

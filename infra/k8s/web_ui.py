@@ -13,8 +13,8 @@ import pulumi_random as random
 
 from infra import images
 from infra.k8s.api_keys import BACKEND_KEYS_FILE
-from infra.k8s.backends.serving import model_claim
 from infra.k8s.pods import WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
+from infra.k8s.volumes import model_claim
 
 WEB_UI_NAME = "open-webui"
 WEB_UI_PORT = 8080

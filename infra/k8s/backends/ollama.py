@@ -23,11 +23,11 @@ from infra.k8s.backends.serving import (
     Workload,
     demand_query,
     labels_for,
-    model_claim,
 )
 from infra.k8s.conversion import WAIT_IMAGE
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE
 from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
+from infra.k8s.volumes import model_claim
 from infra.modelfiles import modelfile
 
 # The upstream image defaults to root; Ollama runs as any uid once HOME (its key pair) and

@@ -81,29 +81,6 @@ def labels_for(platform: BackendPlatform, backend: str, component: str = "backen
     }
 
 
-def model_claim(
-    name: str,
-    *,
-    claim: str,
-    size_gb: int,
-    namespace: pulumi.Input[str],
-    storage_class: str | None,
-    access_mode: str,
-    labels: dict[str, str],
-    opts: pulumi.ResourceOptions,
-) -> k8s.core.v1.PersistentVolumeClaim:
-    """A model cache every replica shares (ReadWriteMany on aks), so a restart never re-downloads."""
-    spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
-        "access_modes": [access_mode],
-        "resources": {"requests": {"storage": f"{size_gb}Gi"}},
-    }
-    if storage_class is not None:
-        spec["storage_class_name"] = storage_class
-    return k8s.core.v1.PersistentVolumeClaim(
-        name, metadata={"name": claim, "namespace": namespace, "labels": labels}, spec=spec, opts=opts
-    )
-
-
 def http_probe(path: str, period: int, failures: int, timeout: int = 5) -> k8s.core.v1.ProbeArgsDict:
     return {
         "http_get": {"path": path, "port": "http"},

@@ -19,9 +19,9 @@ from infra.k8s.backends.serving import (
     Workload,
     demand_query,
     labels_for,
-    model_claim,
 )
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE
+from infra.k8s.volumes import model_claim
 
 # The upstream image defaults to root; we run it as our uid with HOME on a scratch volume (vLLM,
 # Triton and torch.compile write their caches under HOME).
