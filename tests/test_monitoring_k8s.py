@@ -10,11 +10,10 @@ from typing import Any
 import yaml
 
 from infra import recording
-from infra.config import StackSettings
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS
 from infra.monitoring_files import dashboards, rule_files
-from infra.render import read_stack_config
 from tests.conftest import run_stack
+from tests.test_compose import settings_for
 from tests.test_serving_manifests import kinds, one
 
 CHART = "kubernetes:helm.sh/v4:Chart"
@@ -22,18 +21,6 @@ CHART = "kubernetes:helm.sh/v4:Chart"
 
 def _chart(rec: recording.Recording, chart: str) -> recording.Registration | None:
     return next((r for r in rec.resources if r.type == CHART and r.inputs["chart"] == chart), None)
-
-
-def _settings(stack: str) -> StackSettings:
-    decoded: dict[str, Any] = {}
-    for key, value in read_stack_config(stack).config.items():
-        name = key.split(":", 1)[1]
-        if key.startswith("slm-serving:") and name not in {"hfToken", "kubeconfig"}:
-            try:
-                decoded[name] = json.loads(value)
-            except json.JSONDecodeError:
-                decoded[name] = value
-    return StackSettings.model_validate_json(json.dumps(decoded))
 
 
 def test_kube_prometheus_stack_is_pinned_and_its_values_hold_no_secret(rendered: Any) -> None:
@@ -100,7 +87,7 @@ def test_gateway_pod_monitor_selects_the_envoy_proxies(rendered: Any) -> None:
 def test_rules_and_dashboards_carry_the_files_content(rendered: Any) -> None:
     rec = rendered("prod")
     rules = {m["metadata"]["name"]: m["spec"] for m in kinds(rec, "PrometheusRule")}
-    files = rule_files(_settings("prod"))
+    files = rule_files(settings_for("prod"))
     assert len(rules) == len(files) >= 3
     for name, content in files.items():
         assert rules[f"slm-serving-{name.split('.', 1)[0]}"] == yaml.safe_load(content), name
