@@ -19,7 +19,7 @@ from infra.config import BackendConfig, ResourcesConfig, StackSettings
 from infra.conversion_plan import conversion_spec, converter_arguments
 from infra.endpoints import BACKEND_PORT, Route, routes, served_models
 from infra.images import image_ref
-from infra.modelfiles import modelfile
+from infra.modelfiles import modelfile, server_environment
 from infra.monitoring_files import JOBS, alertmanager_config, dashboards, rule_files
 
 # Pinned in infra/images.py; the VM pulls them at boot.
@@ -281,10 +281,7 @@ def _add_ollama(document: dict[str, Any], settings: StackSettings) -> None:
                 "OLLAMA_HOST": f"0.0.0.0:{BACKEND_PORT}",
                 "OLLAMA_MODELS": "/ollama/models",
                 "HOME": "/ollama",
-                "OLLAMA_NUM_PARALLEL": str(ollama.num_parallel),
-                "OLLAMA_MAX_LOADED_MODELS": str(ollama.max_loaded_models),
-                "OLLAMA_FLASH_ATTENTION": "1" if ollama.flash_attention else "0",
-                "OLLAMA_KEEP_ALIVE": ollama.keep_alive,
+                **server_environment(ollama),
             },
             "volumes": [f"{DATA_DIR}/ollama:/ollama"],
             "tmpfs": ["/tmp"],

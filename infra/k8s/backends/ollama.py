@@ -28,7 +28,7 @@ from infra.k8s.conversion import WAIT_IMAGE
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE
 from infra.k8s.pods import DOWNLOADS_LABEL, WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
 from infra.k8s.volumes import model_claim
-from infra.modelfiles import modelfile
+from infra.modelfiles import modelfile, server_environment
 
 # The upstream image defaults to root; Ollama runs as any uid once HOME (its key pair) and
 # OLLAMA_MODELS point at writable volumes.
@@ -54,10 +54,7 @@ def server_env(config: OllamaBackendConfig) -> list[k8s.core.v1.EnvVarArgsDict]:
     return [
         {"name": "HOME", "value": "/tmp"},
         {"name": "OLLAMA_MODELS", "value": MODELS_MOUNT},
-        {"name": "OLLAMA_NUM_PARALLEL", "value": str(config.num_parallel)},
-        {"name": "OLLAMA_MAX_LOADED_MODELS", "value": str(config.max_loaded_models)},
-        {"name": "OLLAMA_FLASH_ATTENTION", "value": "1" if config.flash_attention else "0"},
-        {"name": "OLLAMA_KEEP_ALIVE", "value": config.keep_alive},
+        *({"name": key, "value": value} for key, value in server_environment(config).items()),
     ]
 
 
