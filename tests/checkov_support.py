@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 CHECKOV = os.environ.get("SLM_CHECKOV", str(PROJECT_ROOT / ".venv-checkov" / "bin" / "checkov"))
 needs_checkov = pytest.mark.skipif(

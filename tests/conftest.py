@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from infra import recording
 from infra.config import NAMESPACE
-from infra.render import PLACEHOLDER, read_stack_config
+from offline import recording
+from offline.render import PLACEHOLDER, read_stack_config
 from tests.server_support import Server
 
 STACKS = ("dev", "prod", "local")

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 SERVER_PATH = PROJECT_ROOT / "images" / "onnx-server"
 API_KEY = "test-key-0123456789"

@@ -8,7 +8,7 @@ from typing import Any
 
 from infra.azure import roles
 from infra.azure.gpu_pool import SPOT_TAINT
-from infra.recording import Secret
+from offline.recording import Secret
 from tests.conftest import run_stack, stack_value
 
 POOL = "azure-native:containerservice:AgentPool"

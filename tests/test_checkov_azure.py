@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from infra import recording
-from infra.arm import to_arm_template
+from offline import recording
+from offline.arm import to_arm_template
 from tests.checkov_support import checkov_results, needs_checkov
 from tests.conftest import run_stack
 

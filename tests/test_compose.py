@@ -25,6 +25,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from infra.modelfiles import modelfile
 
 from infra.azure.cloud_init import CloudInitArgs, fetch_secrets_script
 from infra.azure.vm import decode_custom_data
@@ -42,9 +43,8 @@ from infra.compose import (
 )
 from infra.config import NAMESPACE, ModelVariantConfig, StackSettings, _decode, cross_check
 from infra.endpoints import routes
-from infra.modelfiles import modelfile
-from infra.recording import Recording, Secret
-from infra.render import PLACEHOLDER, read_stack_config
+from offline.recording import Recording, Secret
+from offline.render import PLACEHOLDER, read_stack_config
 from tests.conftest import run_stack, stack_value
 
 SCHEMA = Path(__file__).parent / "data" / "compose" / "compose-spec.json"

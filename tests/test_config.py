@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from infra import recording
 from infra.config import ConfigError
-from infra.render import read_stack_config
 from infra.vm_sizes import GPU_SIZES
+from offline import recording
+from offline.render import read_stack_config
 from tests.conftest import run_stack, stack_value
 
 

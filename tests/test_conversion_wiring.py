@@ -11,11 +11,11 @@ import pulumi_kubernetes as k8s
 import pytest
 import yaml
 
-from infra import recording
 from infra.azure.vm import decode_custom_data
 from infra.config import ConversionConfig
 from infra.conversion_plan import conversion_spec
 from infra.k8s.conversion import ModelConversion, ModelConversionArgs
+from offline import recording
 from tests.conftest import run_stack, stack_value
 
 JOB = "kubernetes:batch/v1:Job"

@@ -20,7 +20,7 @@ from convert.genai import genai
 from convert.key import TOOLCHAIN
 from convert.pipeline import Request, convert
 from convert.verify import FP32_MAX_LOGIT_DIFF
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from infra.recording import UNKNOWN, Secret
+from offline.recording import UNKNOWN, Secret
 from tests.conftest import STACKS, run_stack, stack_value
 
 URL = re.compile(r"^https://(?P<host>[A-Za-z0-9.-]+)(:\d+)?/(?P<prefix>[a-z0-9-]+)/v1$")

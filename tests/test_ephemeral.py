@@ -28,7 +28,7 @@ from delivery.ephemeral import (
     TeardownError,
 )
 from delivery.smoke import SmokeConfigError, SmokeReport, smoke_test, tls_verify
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 from tests.server_support import API_KEY, Server
 
 TODAY = dt.date(2025, 6, 10)

@@ -3,7 +3,7 @@
 import pulumi
 import pytest
 
-from infra import recording
+from offline import recording
 
 
 class _Thing(pulumi.CustomResource):

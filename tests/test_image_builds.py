@@ -11,7 +11,7 @@ import pytest
 
 from infra.config import ConfigError
 from infra.images import image_ref
-from infra.recording import Secret
+from offline.recording import Secret
 from tests.conftest import run_stack
 from tests.test_serving_manifests import one
 

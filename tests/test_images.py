@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from infra.images import IMAGE_CONTEXTS, context_tag
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 from tests.checkov_support import checkov_results, needs_checkov
 
 DOCKERFILES = sorted(PROJECT_ROOT.glob("images/*/Dockerfile"))

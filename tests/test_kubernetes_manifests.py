@@ -7,7 +7,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from infra import recording
+from offline import recording
 from tests.conftest import run_stack
 
 # The minor version AKS runs in prod (Pulumi.prod.yaml: aks.kubernetesVersion).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 

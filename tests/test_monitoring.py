@@ -18,7 +18,7 @@ import yaml
 
 from infra.config import StackSettings
 from infra.monitoring_files import THRESHOLDS_FILE, dashboards, rule_files, threshold_rules
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 from tests.server_support import Server
 
 MONITORING = PROJECT_ROOT / "monitoring"

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from infra import recording
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS
 from infra.monitoring_files import dashboards, rule_files
+from offline import recording
 from tests.conftest import run_stack
 from tests.test_compose import settings_for
 from tests.test_serving_manifests import kinds, one

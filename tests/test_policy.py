@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from infra import recording
-from infra.recording import PROJECT_ROOT
+from offline import recording
+from offline.recording import PROJECT_ROOT
 from policy import validators
 from policy.validators import Resource, check_all
 from tests.conftest import STACKS, run_stack

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.recording import PROJECT_ROOT
-from infra.render import read_stack_config
+from offline.recording import PROJECT_ROOT
+from offline.render import read_stack_config
 from tests.conftest import STACKS, run_stack
 
 DRIVER = Path(__file__).parent / "drivers" / "run_like_pulumi.py"

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.config import SECRET_KEYS, StackSettings
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text()
 

@@ -1,4 +1,4 @@
-"""`python -m infra.render` as a user runs it."""
+"""`python -m offline.render` as a user runs it."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 from tests.conftest import STACKS
 
 
 def render(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.render", *args],
+        [sys.executable, "-m", "offline.render", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -61,7 +61,7 @@ def test_preview_render_marks_unknowns(tmp_path: Path) -> None:
 
 def test_broken_stack_file_gives_a_complete_error_list_and_no_traceback(tmp_path: Path) -> None:
     project = tmp_path / "project"
-    for package in ("infra", "convert", "policy", "monitoring"):
+    for package in ("infra", "offline", "convert", "policy", "monitoring"):
         shutil.copytree(PROJECT_ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT_ROOT / "Pulumi.yaml", project)
     broken = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())

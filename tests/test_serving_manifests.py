@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra import recording
-from infra.recording import PROJECT_ROOT
+from offline import recording
+from offline.recording import PROJECT_ROOT
 from tests.checkov_support import checkov_results, needs_checkov
 from tests.conftest import run_stack
 from tests.test_kubernetes_manifests import KUBERNETES_VERSION

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.recording import PROJECT_ROOT, Secret, contains_secret
-from infra.render import PLACEHOLDER
 from infra.tags import REQUIRED_TAGS
+from offline.recording import PROJECT_ROOT, Secret, contains_secret
+from offline.render import PLACEHOLDER
 from tests.conftest import STACKS, run_stack
 
 EXPECTED = {

@@ -16,7 +16,7 @@ import yaml
 from infra.azure import roles
 from infra.azure.cloud_init import CloudInitArgs, cloud_config
 from infra.azure.vm import CUSTOM_DATA_LIMIT, decode_custom_data
-from infra.recording import Secret
+from offline.recording import Secret
 from tests.conftest import run_stack, stack_value
 from tests.test_compose import settings_for
 

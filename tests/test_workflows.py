@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 from tests.checkov_support import CHECKOV, needs_checkov
 
 WORKFLOWS_DIR = PROJECT_ROOT / ".github" / "workflows"

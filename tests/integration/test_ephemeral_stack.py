@@ -22,7 +22,7 @@ import yaml
 from delivery import ephemeral, preflight
 from delivery.ca import fetch_ca
 from delivery.smoke import SmokeReport, smoke_outputs, tls_verify
-from infra.recording import PROJECT_ROOT
+from offline.recording import PROJECT_ROOT
 
 
 def missing_requirements(env: Mapping[str, str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Offline render of a stack: `python -m infra.render --stack prod --out out/prod [--preview]`.
+"""Offline render of a stack: `python -m offline.render --stack prod --out out/prod [--preview]`.
 
 Runs the program for Pulumi.<stack>.yaml under the recording mock (no CLI, no credentials) and writes
 every Kubernetes object as YAML, every Azure resource as JSON (type, name, inputs, parent, options),
@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from infra import recording
-from infra.arm import to_arm_template
 from infra.config import NAMESPACE, SECRET_KEYS, ConfigError, required_secrets
+from offline import recording
+from offline.arm import to_arm_template
 from policy.validators import Resource, check_all
 
 PLACEHOLDER = "placeholder-not-a-real-secret"
@@ -168,7 +168,7 @@ def render(stack: str, out: Path, preview: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.render", description="Offline render of a stack")
+    parser = argparse.ArgumentParser(prog="python -m offline.render", description="Offline render of a stack")
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced)")
     parser.add_argument("--preview", action="store_true", help="render as `pulumi preview` sees a new stack")

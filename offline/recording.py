@@ -2,7 +2,7 @@
 
 It captures every resource registration with its type, name, inputs, parent and options (the mock
 monitor alone keeps none of the options), the stack exports, and URNs registered twice (which the
-stock mock monitor silently accepts). Used by `infra.render` and by the tests.
+stock mock monitor silently accepts). Used by `offline.render` and by the tests.
 """
 
 from __future__ import annotations
