@@ -1,45 +1,23 @@
-"""Where each enabled backend is reached and by which model name: the same answer for the gateway on
-Kubernetes and the TLS proxy on the VM, so the `endpoints` export reads the same on every target."""
+"""Where each enabled backend is reached and by which model name, and the one `endpoints`,
+`apiKeys` and `apiKey` exports every target makes (the gateway on Kubernetes, the VM's proxy)."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+import pulumi
+
+from infra.backends import registry
+from infra.backends.description import Route
 from infra.config import StackSettings
-
-# Every backend container listens here (vLLM's default; Ollama and the ONNX server are told to).
-BACKEND_PORT = 8000
-# Ollama's native API beside /v1; the route forwards both.
-OLLAMA_API_PATH = "/api"
-
-
-@dataclass(frozen=True)
-class Route:
-    backend: str
-    prefix: str  # path routing: /<prefix>/...; host routing: <prefix>.<domain>
-    models: tuple[str, ...]  # the names clients pass as `model`; the first is the base model
-
-
-def route_prefix(settings: StackSettings, backend: str) -> str:
-    configured = settings.backends.enabled()[backend].route_prefix
-    return configured or backend
-
-
-def served_models(settings: StackSettings, backend: str) -> tuple[str, ...]:
-    b = settings.backends
-    if backend == "vllm":
-        return (b.vllm.served_model_name or b.vllm.model,)
-    if backend == "ollama":
-        return (b.ollama.model, *(v.name for v in b.ollama.variants))
-    return (b.onnx.served_model_name,)
 
 
 def routes(settings: StackSettings) -> list[Route]:
-    return [
-        Route(name, route_prefix(settings, name), served_models(settings, name)) for name in settings.backends.enabled()
-    ]
+    return registry.routes(settings.backends)
 
 
 def public_base_url(settings: StackSettings, route: Route, address: str) -> str:
@@ -74,3 +52,42 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What a target hands the exports: the address clients use and the keys they present."""
+
+    address: pulumi.Input[str]
+    # client name -> API key (a secret Output)
+    api_keys: pulumi.Output[dict[str, str]]
+    # More facts about the gateway (`ip` on the VM, `inClusterUrl` on Kubernetes).
+    gateway: pulumi.Input[Mapping[str, Any]] = field(default_factory=dict)
+    # backend -> its in-cluster OpenAI base URL (Kubernetes targets).
+    in_cluster: Mapping[str, str] = field(default_factory=dict)
+    web_ui: bool = False
+
+
+def export_endpoints(settings: StackSettings, endpoints: Endpoints) -> None:
+    """`endpoints` (per backend: base URL and models), `apiKeys` and `apiKey` (the first client's)."""
+
+    def document(parts: list[Any]) -> dict[str, Any]:
+        address, gateway = parts
+        backends: dict[str, Any] = {}
+        for r in routes(settings):
+            backends[r.backend] = {
+                "baseUrl": public_base_url(settings, r, address),
+                "model": r.models[0],
+                "models": list(r.models),
+            }
+            if r.backend in endpoints.in_cluster:
+                backends[r.backend]["inClusterUrl"] = endpoints.in_cluster[r.backend]
+        result: dict[str, Any] = {"gateway": {"address": address, **gateway}, "backends": backends}
+        if endpoints.web_ui:
+            result["webUi"] = web_ui_url(settings, address)
+        return result
+
+    pulumi.export("endpoints", pulumi.Output.all(endpoints.address, endpoints.gateway).apply(document))
+    first = settings.gateway.api_key_clients[0]
+    pulumi.export("apiKeys", endpoints.api_keys)
+    pulumi.export("apiKey", endpoints.api_keys.apply(lambda keys: keys[first]))

@@ -17,15 +17,6 @@ MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 THRESHOLDS_FILE = "thresholds.rules.yml"
 THRESHOLDS_GROUP = "slm-serving.thresholds"
 PRICES_GROUP = "slm-serving.prices"
-# The Prometheus job names each target's scrape configuration (Compose) or monitors (Kubernetes)
-# produce; rules and dashboards select on them.
-JOBS = {
-    "vllm": "slm-vllm",
-    "onnx": "slm-onnx",
-    "gateway": "slm-gateway",
-    "dcgm": "slm-dcgm",
-    "node": "slm-node",
-}
 
 
 def _number(value: float) -> str:

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_random as random
 from pulumi_azure_native import keyvault
+
+from infra import api_keys
 
 HF_TOKEN_SECRET = "hf-token"  # noqa: S105 (the secret's name, not its value)
 GRAFANA_PASSWORD_SECRET = "grafana-admin-password"  # noqa: S105 (a name)
@@ -34,7 +35,7 @@ class SecretVaultArgs:
     hf_token: pulumi.Output[str]
     tags: Mapping[str, str]
     protect: bool
-    # Secrets the stack generates (random, 32 characters) for workloads to read at start,
+    # Secrets the stack generates (infra/api_keys.py) for workloads to read at start,
     # e.g. Grafana's admin password; exposed as `generated[name]`.
     generated_secrets: tuple[str, ...] = ()
 
@@ -70,12 +71,7 @@ class SecretVault(pulumi.ComponentResource):
             tags=dict(args.tags),
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
-        self.generated = {
-            secret: random.RandomPassword(
-                f"{name}-{secret}-value", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
-            ).result
-            for secret in args.generated_secrets
-        }
+        self.generated = {secret: api_keys.issue(f"{name}-{secret}-value", self) for secret in args.generated_secrets}
         for secret_name, value in {HF_TOKEN_SECRET: args.hf_token, **self.generated}.items():
             keyvault.Secret(
                 f"{name}-{secret_name}",

@@ -14,8 +14,8 @@ import pulumi_tls as tls
 from pulumi_azure_native import compute, network
 
 from infra.azure import roles
-from infra.azure.cloud_init import CloudInitArgs, cloud_config
 from infra.config import VmConfig
+from infra.vm.cloud_init import CloudInitArgs, cloud_config
 
 # Azure caps custom data at 64 KiB (base64); cloud-init reads gzip-compressed user data as is.
 CUSTOM_DATA_LIMIT = 65535
@@ -50,6 +50,8 @@ class ServingVmArgs:
     key_vault_uri: pulumi.Input[str]
     # Key Vault secret name -> file name in the VM's tmpfs secrets folder.
     secrets: tuple[tuple[str, str], ...]
+    # Data-disk folders the boot creates, with their owners.
+    data_folders: tuple[tuple[str, int], ...]
     registry_login_server: pulumi.Input[str]
     subscription_id: pulumi.Input[str]
     compose_yaml: pulumi.Input[str]
@@ -127,6 +129,7 @@ class ServingVm(pulumi.ComponentResource):
                         key_vault_uri=v["uri"],
                         secrets=args.secrets,
                         registry_login_server=v["registry"],
+                        data_folders=args.data_folders,
                     )
                 )
             )

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
+
+from infra import api_keys
+from infra.conventions import API_KEYS_FILE
 
 # The file name vLLM and the ONNX server read their keys from.
-BACKEND_KEYS_FILE = "api-keys"
-KEY_LENGTH = 48
+BACKEND_KEYS_FILE = API_KEYS_FILE
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,7 @@ class ApiKeys(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ApiKeysArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("slm:k8s:ApiKeys", name, None, opts)
-        generated = {
-            client: random.RandomPassword(
-                f"{name}-{client}",
-                length=KEY_LENGTH,
-                # Letters and digits only: a key never needs quoting in a header, a shell or a file.
-                special=False,
-                opts=pulumi.ResourceOptions(parent=self),
-            ).result
-            for client in args.clients
-        }
+        generated = {client: api_keys.issue(f"{name}-{client}", self) for client in args.clients}
         self.keys = pulumi.Output.secret(pulumi.Output.all(**generated))
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         labels = {**args.labels, "app.kubernetes.io/component": "api-keys"}

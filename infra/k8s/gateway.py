@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.backends.description import Route
 from infra.config import GatewayConfig
-from infra.endpoints import BACKEND_PORT, Route, is_ip
+from infra.conventions import BACKEND_PORT
+from infra.endpoints import is_ip
 from infra.k8s.web_ui import WEB_UI_NAME, WEB_UI_PORT
 
 GATEWAY_NAME = "slm-serving"
@@ -69,18 +71,28 @@ def certificate_names(
     return [f"{p}.{config.domain}" for p in prefixes]
 
 
-def backend_rule(config: GatewayConfig, route: Route) -> dict[str, object]:
+def backend_rules(config: GatewayConfig, route: Route) -> list[dict[str, object]]:
     rule: dict[str, object] = {
         "backendRefs": [{"name": route.backend, "port": BACKEND_PORT}],
         "timeouts": {"request": REQUEST_TIMEOUT},
     }
     if config.routing == "path":
-        # /<prefix>/v1/... reaches the backend as /v1/...
-        rule["matches"] = [{"path": {"type": "PathPrefix", "value": f"/{route.prefix}"}}]
-        rule["filters"] = [
-            {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}
+        # /<prefix>/v1/... reaches the backend as /v1/...: one rule per API path the backend serves.
+        return [
+            {
+                **rule,
+                "matches": [{"path": {"type": "PathPrefix", "value": f"/{route.prefix}{path}"}}],
+                "filters": [
+                    {
+                        "type": "URLRewrite",
+                        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": path}},
+                    }
+                ],
+            }
+            for path in route.paths
         ]
-    return rule
+    # Host routing: <prefix>.<domain> carries only the backend's API paths.
+    return [{**rule, "matches": [{"path": {"type": "PathPrefix", "value": path}} for path in route.paths]}]
 
 
 class ServingGateway(pulumi.ComponentResource):
@@ -182,7 +194,7 @@ class ServingGateway(pulumi.ComponentResource):
                 spec={
                     "parentRefs": https_parent,
                     "hostnames": _hostnames(config, route.prefix),
-                    "rules": [backend_rule(config, route)],
+                    "rules": backend_rules(config, route),
                 },
                 opts=after_gateway,
             )

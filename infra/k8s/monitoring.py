@@ -16,6 +16,7 @@ import pulumi_random as random
 import yaml
 
 from infra.config import MonitoringConfig
+from infra.conventions import JOBS
 from infra.k8s.addons import GPU_NODE_TERMS, HelmChart
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS
 from infra.k8s.pods import JOB_LABEL, tolerations
@@ -27,7 +28,7 @@ DCGM_EXPORTER = HelmChart(
     "dcgm-exporter", "4.6.0", "https://nvidia.github.io/dcgm-exporter/helm-charts", "gpu-monitoring", "privileged"
 )
 MONITORING_API = "monitoring.coreos.com/v1"
-GATEWAY_JOB = "slm-gateway"
+GATEWAY_JOB = JOBS["gateway"]
 DCGM_JOB = "slm-dcgm"
 # Envoy Gateway's proxy container serves Prometheus stats on this port.
 ENVOY_METRICS_PORT = 19001

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.endpoints import BACKEND_PORT
+from infra.conventions import BACKEND_PORT
 from infra.k8s.pods import DOWNLOADS_LABEL, SERVING_LABEL
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

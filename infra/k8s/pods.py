@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import pulumi_kubernetes as k8s
 
-# The uid every container of ours runs as (the images' own user where they have one).
-WORKLOAD_UID = 10001
+from infra.conventions import WORKLOAD_UID
+
+__all__ = ["WORKLOAD_UID"]  # the uid every container of ours runs as
 # Pods that serve a model carry this label: the gateway and Prometheus policies select it.
 SERVING_LABEL = "slm-serving/serving"
 # Pods that may reach the internet on 443 to download a model.

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from infra.compose import API_KEYS_CADDY_FILE, API_KEYS_FILE, DATA_FOLDERS, UPSTREAM_AUTH_CADDY_FILE
+from infra.conventions import API_KEYS_FILE
+from infra.vm.secrets import API_KEYS_CADDY_FILE, DATA_DIR, HOST_FILES, SECRETS_DIR, UPSTREAM_AUTH_CADDY_FILE
 
 APP_DIR = "/opt/slm-serving"
-DATA_DIR = "/var/lib/slm-serving"
-SECRETS_DIR = "/run/slm-serving/secrets"
 DATA_DISK = "/dev/disk/azure/scsi1/lun0"
 SERVICE = "slm-serving.service"
 
@@ -26,6 +25,8 @@ class CloudInitArgs:
     # Key Vault secret name -> file name under SECRETS_DIR; several secrets may share a file (a line each).
     secrets: tuple[tuple[str, str], ...]
     registry_login_server: str
+    # Data-disk folders and their owners (infra/vm/secrets.data_folders).
+    data_folders: tuple[tuple[str, int], ...] = ()
 
 
 _FETCH_SECRETS = """#!/bin/sh
@@ -151,10 +152,10 @@ def fetch_secrets_script(args: CloudInitArgs) -> str:
         vault_uri=args.key_vault_uri,
         fetches="\n".join(f"fetch {file} {' '.join(names)}" for file, names in files.items()),
     )
-    if API_KEYS_FILE in files:
+    if HOST_FILES[API_KEYS_FILE] in files:
         script += _CADDY_KEYS.format(
             secrets_dir=SECRETS_DIR,
-            api_keys=API_KEYS_FILE,
+            api_keys=HOST_FILES[API_KEYS_FILE],
             matcher=API_KEYS_CADDY_FILE,
             upstream=UPSTREAM_AUTH_CADDY_FILE,
         )
@@ -192,7 +193,7 @@ def cloud_config(args: CloudInitArgs) -> str:
     # models, the ONNX server reads them; vLLM and Open WebUI run as root).
     runcmd += [
         ["install", "-d", "-o", str(uid), "-g", str(uid), "-m", "0755", f"{DATA_DIR}/{folder}"]
-        for folder, uid in DATA_FOLDERS.items()
+        for folder, uid in args.data_folders
     ]
     runcmd += [
         ["systemctl", "daemon-reload"],

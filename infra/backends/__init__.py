@@ -1,0 +1,1 @@
+"""One description per engine (vllm, ollama, onnx) and the registry that lists them."""

@@ -1,0 +1,100 @@
+"""Ollama: the model pulled once into a persistent volume by a preparation step (named after the
+model and its variants, so an unchanged stack never reruns it) that also creates the Modelfile
+variants; the server keeps models loaded (`OLLAMA_KEEP_ALIVE`). Ollama has no auth and no /metrics
+of its own: the gateway checks keys and measures its traffic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+
+from infra import images
+from infra.backends.description import Backend, Image, Paths, Preparation, Probes, Resources, Route, Volume
+from infra.backends.modelfiles import modelfile, server_environment
+from infra.config import OllamaBackendConfig
+from infra.conventions import BACKEND_PORT, WORKLOAD_UID
+
+NAME = "ollama"
+MODELS_MOUNT = "/models"
+MODELFILES_MOUNT = "/modelfiles"
+MODELS_SIZE_GB = 32
+PULL_DEADLINE_SECONDS = 2 * 3600
+# The preparation step's private server (never reachable from outside its container).
+PRIVATE_HOST = "127.0.0.1:11434"
+
+
+def served_models(config: OllamaBackendConfig) -> tuple[str, ...]:
+    return (config.model, *(v.name for v in config.variants))
+
+
+def models_key(config: OllamaBackendConfig) -> str:
+    """Changes when the model or any variant does: a new key is a new pull and a new ready marker."""
+    spec = {"model": config.model, "variants": [v.model_dump(mode="json") for v in config.variants]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ready_file(config: OllamaBackendConfig) -> str:
+    return f"{MODELS_MOUNT}/.ready-{models_key(config)}"
+
+
+def server_env(config: OllamaBackendConfig) -> dict[str, str]:
+    # The image defaults to root; Ollama runs as any uid once HOME (its key pair) and OLLAMA_MODELS
+    # point at writable volumes.
+    return {"HOME": "/tmp", "OLLAMA_MODELS": MODELS_MOUNT, **server_environment(config)}
+
+
+def pull_script(config: OllamaBackendConfig) -> str:
+    """Start a private server, pull the model (a no-op when present), create each variant, then
+    write the ready marker the server waits for."""
+    creates = "".join(
+        f"ollama create {shlex.quote(v.name)} -f {MODELFILES_MOUNT}/{shlex.quote(v.name)}\n" for v in config.variants
+    )
+    return (
+        "set -eu\n"
+        "ollama serve >/tmp/serve.log 2>&1 &\n"
+        "server=$!\n"
+        "trap 'kill $server' EXIT\n"
+        "tries=0\n"
+        "until ollama list >/dev/null 2>&1; do\n"
+        '  tries=$((tries + 1)); [ "$tries" -lt 120 ] || { cat /tmp/serve.log; exit 1; }; sleep 1\n'
+        "done\n"
+        f"ollama pull {shlex.quote(config.model)}\n"
+        f"{creates}"
+        f"echo {models_key(config)} > {ready_file(config)}\n"
+    )
+
+
+def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
+    del paths  # no secrets: Ollama checks no keys
+    key = models_key(config)
+    return Backend(
+        name=NAME,
+        config=config,
+        image=Image(upstream=images.OLLAMA),
+        args=("serve",),
+        env={**server_env(config), "OLLAMA_HOST": f"0.0.0.0:{BACKEND_PORT}"},
+        # `GET /` answers "Ollama is running" without auth.
+        probes=Probes(startup="/", readiness="/", liveness="/"),
+        # Its native API beside /v1.
+        # The CLI talks to the server OLLAMA_HOST names: it lists only when the API answers.
+        health_command=("ollama", "list"),
+        route=Route(NAME, prefix, served_models(config), paths=("/v1", "/api")),
+        volumes=(Volume(claim="ollama-models", name="models", mount=MODELS_MOUNT, size_gb=MODELS_SIZE_GB),),
+        preparation=Preparation(
+            name="ollama-pull",
+            key=key,
+            component="model-pull",
+            image=Image(upstream=images.OLLAMA),
+            command=("/bin/sh", "-c", pull_script(config)),
+            args=(),
+            env={**server_env(config), "OLLAMA_HOST": PRIVATE_HOST},
+            files={v.name: modelfile(config.model, v) for v in config.variants},
+            files_mount=MODELFILES_MOUNT,
+            ready_file=ready_file(config),
+            resources=Resources(cpu="500m", memory="1Gi", cpu_limit="2", memory_limit="2Gi"),
+            deadline_seconds=PULL_DEADLINE_SECONDS,
+            retries=3,
+            uid=WORKLOAD_UID,
+        ),
+    )
