@@ -130,3 +130,50 @@ def test_no_resource_is_created_when_config_is_invalid() -> None:
     with pytest.raises(ConfigError):
         recording.run("dev", config, stack_file.secret_keys, into=rec)
     assert rec.resources == []
+
+
+def test_key_problems_and_cross_key_problems_are_listed_together() -> None:
+    vm = {**stack_value("dev", "vm"), "adminUsername": "root"}
+    found = problems("dev", {"vm": vm, "owner": "", "environment": "test"})
+    one(found, "slm-serving:vm.adminUsername")
+    one(found, "slm-serving:owner")
+    one(found, "slm-serving:expiresOn")
+
+
+def test_a_section_that_failed_is_not_judged_again_by_cross_key_rules() -> None:
+    # With gpuPools unreadable, "backends need a GPU pool" would be about the default (no pools).
+    pools = prod_aks()["gpuPools"]
+    pools[0]["vmSize"] = "Standard_NC6"
+    found = problems("prod", {"aks": prod_aks(gpuPools=pools), "owner": ""})
+    assert sorted(p.split(": ")[0] for p in found) == ["slm-serving:aks.gpuPools[0].vmSize", "slm-serving:owner"]
+
+
+def test_an_unreadable_target_still_lets_the_other_rules_run() -> None:
+    found = problems("local", {"target": "gke", "environment": "test"})
+    one(found, "slm-serving:target")
+    one(found, "slm-serving:expiresOn")
+    assert len(found) == 2, found
+
+
+def test_shared_types_refuse_a_value_the_same_way_everywhere() -> None:
+    backends = copy.deepcopy(stack_value("prod", "backends"))
+    for name in ("vllm", "ollama", "onnx"):
+        backends[name]["resources"] = {"cpu": "lots", "memory": "32GB"}
+    backends["vllm"]["model"] = "phi4"
+    backends["onnx"]["conversion"] = {"cpu": "lots", "memory": "32GB", "model": "phi4"}
+    found = problems(
+        "prod",
+        {"backends": backends, "gateway": {"acmeServer": "ftp://acme"}, "monitoring": {"prometheusUrl": "ftp://prom"}},
+    )
+    resources = [f"backends.{name}.resources" for name in ("vllm", "ollama", "onnx")]
+    for kind, keys in (
+        ("memory quantity", [*(f"{r}.memory" for r in resources), "backends.onnx.conversion.memory"]),
+        ("CPU quantity", [*(f"{r}.cpu" for r in resources), "backends.onnx.conversion.cpu"]),
+        ("Hugging Face model id", ["backends.vllm.model", "backends.onnx.conversion.model"]),
+        ("http(s) URL", ["gateway.acmeServer", "monitoring.prometheusUrl"]),
+    ):
+        messages = {
+            one(found, f"slm-serving:{key}").removeprefix(f"slm-serving:{key}: ").replace("ftp://prom", "ftp://acme")
+            for key in keys
+        }
+        assert len(messages) == 1 and kind in messages.pop(), (kind, found)
