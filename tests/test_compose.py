@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -25,24 +26,23 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from infra.modelfiles import modelfile
 
-from infra.azure.cloud_init import CloudInitArgs, fetch_secrets_script
 from infra.azure.vm import decode_custom_data
-from infra.compose import (
+from infra.backends import registry
+from infra.backends.modelfiles import modelfile
+from infra.config import NAMESPACE, ModelVariantConfig, StackSettings, _decode, cross_check
+from infra.endpoints import routes
+from infra.vm import caddy
+from infra.vm.caddy import CADDY_IMAGE, PROXY_METRICS_PORT, backend_server_port, caddy_secret
+from infra.vm.cloud_init import CloudInitArgs, fetch_secrets_script
+from infra.vm.compose import compose_project, described
+from infra.vm.secrets import (
     API_KEYS_CADDY_FILE,
-    BACKEND_SERVER_PORTS,
-    CADDY_IMAGE,
-    DATA_FOLDERS,
-    PROXY_METRICS_PORT,
     UPSTREAM_AUTH_CADDY_FILE,
-    caddyfile,
-    compose_project,
+    data_folders,
     vm_generated_secrets,
     vm_secret_files,
 )
-from infra.config import NAMESPACE, ModelVariantConfig, StackSettings, _decode, cross_check
-from infra.endpoints import routes
 from offline.recording import Recording, Secret
 from offline.render import PLACEHOLDER, read_stack_config
 from tests.conftest import run_stack, stack_value
@@ -86,6 +86,19 @@ def interpolated(value: Any) -> Any:
 
 def render(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return yaml.safe_load(compose_project(settings_for("dev", overrides), REGISTRY))
+
+
+def caddyfile(settings: StackSettings, public_host: str | None = None) -> str:
+    """The proxy's Caddyfile for a stack's enabled backends, as the Compose project carries it."""
+    return caddy.caddyfile(settings, described(settings), public_host)
+
+
+def vllm_serve(service: dict[str, Any]) -> list[str]:
+    """The `serve ...` arguments to vllm that the (interpolated) vLLM service's start script runs."""
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"], entrypoint
+    line = next(line for line in entrypoint[2].splitlines() if line.startswith("exec vllm serve "))
+    return shlex.split(line)[2:]
 
 
 def custom_data(rec: Recording) -> str:
@@ -157,7 +170,7 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
 def test_dev_compose_file_matches_the_compose_specification(rendered: Any) -> None:
     compose = vm_compose(rendered("dev"))
     assert compose_errors(compose) == []
-    assert {"proxy", "vllm", "ollama", "ollama-models", "onnx", "convert"} <= set(compose["services"])
+    assert {"proxy", "vllm", "ollama", "ollama-pull", "onnx", "convert"} <= set(compose["services"])
 
 
 def test_every_variant_of_the_file_matches_the_specification() -> None:
@@ -229,7 +242,8 @@ def test_backends_listen_on_8000_inside_the_network_only_with_limits_from_config
         limits = service["deploy"]["resources"]["limits"]
         assert limits["cpus"] == backend.resources.cpu
         assert limits["memory"] == backend.resources.memory.replace("Gi", "g")
-    assert "--port" in services["vllm"]["command"] and "8000" in services["vllm"]["command"]
+    vllm = vllm_serve(interpolated(services["vllm"]))
+    assert vllm[vllm.index("--port") + 1] == "8000" and vllm[vllm.index("--host") + 1] == "0.0.0.0"  # noqa: S104
     assert services["ollama"]["environment"]["OLLAMA_HOST"] == "0.0.0.0:8000"
     onnx = services["onnx"]["command"]
     assert onnx[onnx.index("--port") + 1] == "8000"
@@ -256,9 +270,15 @@ def test_healthchecks_and_restart_policies(rendered: Any) -> None:
     assert services["ollama"]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
     assert "http://127.0.0.1:8081/healthz" in services["proxy"]["healthcheck"]["test"]
     assert services["proxy"]["restart"] == "unless-stopped"
-    assert services["ollama-models"]["restart"] == "on-failure" and services["convert"]["restart"] == "no"
-    assert services["ollama-models"]["depends_on"] == {"ollama": {"condition": "service_healthy"}}
-    assert services["onnx"]["depends_on"] == {"convert": {"condition": "service_completed_successfully"}}
+    # Each preparation is a one-shot service named after it that the server waits for.
+    preparations = {b.name: b.preparation for b in described(settings) if b.preparation is not None}
+    assert {name: p.name for name, p in preparations.items()} == {"ollama": "ollama-pull", "onnx": "convert"}
+    for name, prep in preparations.items():
+        assert services[prep.name]["restart"] == f"on-failure:{prep.retries}", prep.name
+        assert "healthcheck" not in services[prep.name] and "depends_on" not in services[prep.name]
+        assert services[name]["depends_on"] == {prep.name: {"condition": "service_completed_successfully"}}
+    assert services["ollama-pull"]["restart"] == "on-failure:3" and services["convert"]["restart"] == "on-failure:2"
+    assert "depends_on" not in services["vllm"]
 
 
 def test_services_are_hardened_and_exceptions_are_the_documented_ones() -> None:
@@ -267,44 +287,81 @@ def test_services_are_hardened_and_exceptions_are_the_documented_ones() -> None:
         assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"], name
         assert service.get("read_only") is (name != "webui"), name
         assert service.get("privileged") is not True and service.get("ipc") != "host", name
-    unprivileged = {"ollama", "ollama-models", "onnx", "convert", "proxy"}
+    unprivileged = {"vllm", "ollama", "ollama-pull", "onnx", "convert", "proxy"}
     assert all(services[n]["user"] == "10001:10001" for n in unprivileged)
     assert services["proxy"]["cap_add"] == ["NET_BIND_SERVICE"]
+    # Backend volumes are data-disk folders named after the claim; only the preparation writes the model.
+    assert services["vllm"]["volumes"] == ["/var/lib/slm-serving/vllm-cache:/cache"]
+    assert (
+        services["ollama"]["volumes"]
+        == services["ollama-pull"]["volumes"]
+        == ["/var/lib/slm-serving/ollama-models:/models"]
+    )
     assert services["onnx"]["volumes"] == ["/var/lib/slm-serving/models:/models:ro"]
+    assert services["convert"]["volumes"] == ["/var/lib/slm-serving/models:/models"]
 
 
 def test_vllm_arguments_come_from_the_config_and_its_key_from_a_file() -> None:
     vllm = {"quantization": "awq", "toolCallParser": None, "servedModelName": "phi4", "maxModelLen": 8192}
     service = interpolated(render({"backends": backends_with(vllm=vllm)}))["services"]["vllm"]
-    args = service["command"]
+    args = vllm_serve(service)
 
     def value(flag: str) -> str:
         return args[args.index(flag) + 1]
 
-    assert value("--model") == "microsoft/Phi-4-mini-instruct" and value("--revision") == "main"
+    assert args[:2] == ["serve", "microsoft/Phi-4-mini-instruct"] and value("--revision") == "main"
     assert value("--served-model-name") == "phi4" and value("--max-model-len") == "8192"
     assert value("--quantization") == "awq" and "--enable-auto-tool-choice" not in args
     assert value("--gpu-memory-utilization") == "0.9" and value("--max-num-seqs") == "64"
     default = interpolated(render())["services"]["vllm"]
-    tool = default["command"]
+    tool = vllm_serve(default)
     assert tool[tool.index("--tool-call-parser") + 1] == "phi4_mini_json" and "--quantization" not in tool
-    assert "VLLM_API_KEY" not in default["environment"] and "--api-key" not in tool
+    # Every key from the mounted file goes to --api-key; none is in the file or the environment.
+    assert "VLLM_API_KEY" not in default["environment"] and tool[-2:] == ["--api-key", "$@"]
     script = default["entrypoint"][2]
-    assert 'VLLM_API_KEY="$(head -n 1 /run/secrets/api_keys)"' in script and 'exec vllm serve "$@"' in script
-    assert default["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf_token"
-    assert set(default["secrets"]) == {"hf_token", "api_keys"} and default["shm_size"] == "2gb"
+    assert "set -- $(grep -v '^#' /run/secrets/api-keys)" in script and "command" not in default
+    assert tool[tool.index("--download-dir") + 1] == "/cache/hub"
+    env = default["environment"]
+    assert env["HF_TOKEN_PATH"] == "/run/secrets/hf-token"
+    assert (env["HOME"], env["HF_HOME"], default["user"]) == ("/tmp", "/cache", "10001:10001")
+    assert set(default["secrets"]) == {"hf-token", "api-keys"} and default["shm_size"] == "2gb"
+
+
+def test_vllm_start_script_passes_every_key_from_the_file(tmp_path: Path) -> None:
+    """The start script run for real, `vllm` replaced by a stand-in that prints its arguments."""
+    script = interpolated(render())["services"]["vllm"]["entrypoint"][2]
+    keys = tmp_path / "api-keys"
+    keys.write_text("KeyDefault1\n# a comment\nKeyCi2\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text('#!/bin/sh\nfor a; do echo "$a"; done\n')
+    (bin_dir / "vllm").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def start() -> subprocess.CompletedProcess[str]:
+        command = ["sh", "-c", script.replace("/run/secrets/api-keys", str(keys))]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    run = start()
+    assert run.returncode == 0, run.stderr
+    args = run.stdout.splitlines()
+    assert args[0] == "serve" and args[-3:] == ["--api-key", "KeyDefault1", "KeyCi2"]
+    keys.write_text("# no key\n")
+    run = start()
+    assert run.returncode == 1 and "no API keys" in run.stderr and run.stdout == ""
 
 
 def test_onnx_serves_the_converted_model_with_the_key_file(rendered: Any) -> None:
     from convert.key import ConversionSpec  # noqa: F401 (the key module the conversion shares)
-    from infra.conversion_plan import conversion_spec
+    from infra.backends.conversion_plan import conversion_spec
 
     settings = settings_for()
     key = conversion_spec(settings.backends.onnx.conversion, settings.backends.onnx.conversion_target).key()
     onnx = vm_compose(rendered("dev"))["services"]["onnx"]
     args = onnx["command"]
     assert args[args.index("--model") + 1] == f"/models/{key}"
-    assert args[args.index("--api-key-file") + 1] == "/run/secrets/api_keys"
+    assert args[args.index("--api-key-file") + 1] == "/run/secrets/api-keys"
+    assert onnx["secrets"] == ["api-keys"] and onnx["user"] == "10001:10001"
     assert args[args.index("--served-model-name") + 1] == settings.backends.onnx.served_model_name
     assert args[args.index("--max-batch") + 1] == "16" and args[args.index("--max-waiting") + 1] == "64"
     assert onnx["image"].startswith(f"{REGISTRY}/slm-serving/onnx-server:")
@@ -316,19 +373,26 @@ def test_onnx_serves_the_converted_model_with_the_key_file(rendered: Any) -> Non
 def test_ollama_variants_become_modelfiles(rendered: Any) -> None:
     settings = settings_for()
     compose = interpolated(vm_compose(rendered("dev")))
-    puller = compose["services"]["ollama-models"]
-    assert puller["environment"]["OLLAMA_HOST"] == "http://ollama:8000"
+    puller = compose["services"]["ollama-pull"]
+    # The pull runs its own server on loopback, then writes the marker the server's start waits for.
+    assert puller["environment"]["OLLAMA_HOST"] == "127.0.0.1:11434"
+    assert puller["environment"]["OLLAMA_MODELS"] == "/models" and puller["user"] == "10001:10001"
     script = puller["entrypoint"][2]
+    assert script.startswith("set -eu\nollama serve ")
     base = settings.backends.ollama.model
     assert f"ollama pull {base}" in script
+    ready = next(b.preparation.ready_file for b in described(settings) if b.name == "ollama" and b.preparation)
+    assert ready.startswith("/models/.ready-") and script.rstrip().splitlines()[-1].endswith(f"> {ready}")
     for variant in settings.backends.ollama.variants:
-        content = compose["configs"][f"modelfile-{variant.name}"]["content"]
+        content = compose["configs"][f"ollama-modelfiles-{variant.name}"]["content"]
         commands = dict(parse_modelfile(content))
         assert commands["model"] == base
         assert float(commands["temperature"]) == variant.temperature and float(commands["top_p"]) == variant.top_p
         assert commands["system"] == variant.system
         assert f"ollama create {variant.name} -f /modelfiles/{variant.name}" in script
-        assert {"source": f"modelfile-{variant.name}", "target": f"/modelfiles/{variant.name}"} in puller["configs"]
+        mount = {"source": f"ollama-modelfiles-{variant.name}", "target": f"/modelfiles/{variant.name}"}
+        assert mount in puller["configs"]
+        assert script.index(f"ollama create {variant.name} ") < script.index(ready)
     env = compose["services"]["ollama"]["environment"]
     assert env["OLLAMA_KEEP_ALIVE"] == "-1" and env["OLLAMA_FLASH_ATTENTION"] == "1"
     assert env["OLLAMA_NUM_PARALLEL"] == "4" and env["OLLAMA_MAX_LOADED_MODELS"] == "3"
@@ -344,7 +408,7 @@ def test_disabling_a_backend_removes_its_service_route_and_modelfiles(backend: s
     for other in set(BACKENDS) - {backend}:
         assert other in services and f"handle_path /{other}/*" in proxy
     if backend == "ollama":
-        assert "ollama-models" not in services and not any(c.startswith("modelfile-") for c in configs)
+        assert "ollama-pull" not in services and not any(c.startswith("ollama-modelfiles-") for c in configs)
     if backend == "onnx":
         assert "convert" not in services
     assert compose_errors(compose) == []
@@ -378,9 +442,17 @@ def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
     assert set(blocks) == {r.prefix for r in routes(settings)}
     for route in routes(settings):
         block = blocks[route.prefix]
-        port = BACKEND_SERVER_PORTS[route.backend]
+        port = backend_server_port(route.backend)
         guard, proxied = block.index("handle @no_api_key {"), block.index(f"reverse_proxy 127.0.0.1:{port} {{")
         assert guard < proxied and "401" in block[guard:proxied] and "flush_interval -1" in block
+        # Only the backend's API paths are forwarded; any other path gets a JSON 404.
+        api_paths = ("/v1", "/api") if route.backend == "ollama" else ("/v1",)
+        assert route.paths == api_paths
+        matcher = " ".join(p for path in api_paths for p in (path, f"{path}/*"))
+        api = block.index(f"@api path {matcher}\n")
+        assert guard < api < block.index("handle @api {") < proxied
+        fallback = block[proxied:]
+        assert "handle {" in fallback and '"code": "not_found"' in fallback and "` 404" in fallback
         # The backend's own server (loopback only) adds the upstream key.
         server = _backend_servers(text)[port]
         assert server.startswith("\tbind 127.0.0.1\n") and f"reverse_proxy {route.backend}:8000 {{" in server
@@ -416,9 +488,11 @@ def test_each_backend_has_a_named_server_so_metrics_tell_backends_apart() -> Non
         options = text[: text.index("\n}\n")]
         assert "\n\tmetrics\n" in options
         for backend in enabled:
-            port = BACKEND_SERVER_PORTS[backend]
+            port = backend_server_port(backend)
+            # Ports follow registry order, so disabling or adding an engine never moves another's.
+            assert port == 9101 + registry.names().index(backend)
             assert f"\tservers 127.0.0.1:{port} {{\n\t\tname {backend}\n" in options
-        assert set(_backend_servers(text)) == {BACKEND_SERVER_PORTS[b] for b in enabled} | {PROXY_METRICS_PORT}
+        assert set(_backend_servers(text)) == {backend_server_port(b) for b in enabled} | {PROXY_METRICS_PORT}
         assert _backend_servers(text)[PROXY_METRICS_PORT] == "\tmetrics /metrics\n"
     assert render()["services"]["proxy"]["ports"] == ["443:8443"]
 
@@ -430,9 +504,11 @@ def test_web_ui_reaches_the_backends_with_keys_from_files() -> None:
     assert env["WEBUI_AUTH"] == "True"
     assert env["OPENAI_API_BASE_URLS"] == "http://vllm:8000/v1;http://ollama:8000/v1;http://onnx:8000/v1"
     assert "OPENAI_API_KEYS" not in env and "WEBUI_SECRET_KEY" not in env
-    assert '"$(cat /run/secrets/webui_secret_key)"' in webui["entrypoint"][2]
-    assert set(webui["secrets"]) == {"api_keys", "webui_secret_key"}
-    assert compose["secrets"]["webui_secret_key"] == {"file": "/run/slm-serving/secrets/webui_secret_key"}
+    assert '"$(cat /run/secrets/webui-secret-key)"' in webui["entrypoint"][2]
+    assert '"$(head -n 1 /run/secrets/api-keys)"' in webui["entrypoint"][2]
+    assert set(webui["secrets"]) == {"api-keys", "webui-secret-key"}
+    assert compose["secrets"]["webui-secret-key"] == {"file": "/run/slm-serving/secrets/webui_secret_key"}
+    assert compose["secrets"]["api-keys"] == {"file": "/run/slm-serving/secrets/api_keys"}
     assert "webui" not in render()["services"]
 
 
@@ -465,6 +541,10 @@ def test_api_keys_are_generated_per_client_fetched_into_one_file_and_exported() 
     assert "fetch api_keys api-key-default api-key-ci" in fetch
     keys = rec.exports["apiKeys"]
     assert isinstance(keys, Secret) and set(keys.value) == {"default", "ci"}
+    # 48 letters and digits, as on Kubernetes (infra/api_keys.py): never quoted in a header or a file.
+    generated = {r.name: r.inputs for r in rec.of_type("random:index/randomPassword:RandomPassword")}
+    assert {"slm-dev-api-key-default-value", "slm-dev-api-key-ci-value"} <= set(generated)
+    assert all(inputs == {"length": 48, "special": False} for inputs in generated.values()), generated
 
 
 def test_endpoints_export_names_each_backends_url_and_models(rendered: Any) -> None:
@@ -497,10 +577,21 @@ def test_vm_secret_helpers() -> None:
 
 
 def test_boot_creates_the_data_folders(rendered: Any) -> None:
-    runcmd = yaml.safe_load(custom_data(rendered("dev")))["runcmd"]
-    for folder, uid in DATA_FOLDERS.items():
+    rec = rendered("dev")
+    runcmd = yaml.safe_load(custom_data(rec))["runcmd"]
+    folders = dict(data_folders(described(settings_for()), web_ui=False))
+    assert folders == dict.fromkeys(("vllm-cache", "ollama-models", "models", "caddy/data", "caddy/config"), 10001)
+    for folder, uid in folders.items():
         owner = str(uid)
         assert ["install", "-d", "-o", owner, "-g", owner, "-m", "0755", f"/var/lib/slm-serving/{folder}"] in runcmd
+    # Every data-disk folder a service mounts exists, owned by the user the service runs as.
+    for name, service in vm_compose(rec)["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("/var/lib/slm-serving/"):
+                folder = source.removeprefix("/var/lib/slm-serving/")
+                assert service["user"] == f"{folders[folder]}:{folders[folder]}", (name, volume)
+    assert dict(data_folders(described(settings_for()), web_ui=True))["webui"] == 0  # Open WebUI runs as root
 
 
 # --- Modelfiles --------------------------------------------------------------------------------
@@ -631,11 +722,11 @@ def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProx
     text = text.replace("https_port 8443", f"https_port {https}").replace("http_port 8080", f"http_port {http}")
     text = text.replace(":8443 {", f":{https} {{\n\tbind 127.0.0.1").replace("8081", str(health))
     text = text.replace(f":{PROXY_METRICS_PORT} {{", f":{metrics} {{\n\tbind 127.0.0.1")
-    for port in BACKEND_SERVER_PORTS.values():
+    for port in (backend_server_port(name) for name in registry.names()):
         text = text.replace(f":{port}", f":{_free_port()}")
     text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", f"127.0.0.1:{upstream.server_port}", text)
     for name in (API_KEYS_CADDY_FILE, UPSTREAM_AUTH_CADDY_FILE):
-        text = text.replace(f"/run/secrets/{name.replace('.', '_')}", str(fetched_secrets / name))
+        text = text.replace(f"/run/secrets/{caddy_secret(name)}", str(fetched_secrets / name))
     if version < (2, 9):
         # Debian's Caddy 2.6 predates server names and the `metrics` option (the image runs 2.10).
         text = re.sub(r"\n\tmetrics\n", "\n", text)
@@ -690,6 +781,15 @@ def test_proxy_admits_only_requests_with_a_key_and_forwards_the_upstream_key(pro
         for key in ("KeyDefault1", "KeyCi2"):
             status, body = _get(f"{proxy}/{prefix}/v1/models", key)
             assert status == 200 and body == {"path": "/v1/models", "authorization": "Bearer KeyDefault1"}
+    # Only the API paths reach a backend (Ollama's native /api too); any other path is a JSON 404.
+    assert _get(f"{proxy}/ollama/api/tags", "KeyDefault1") == (
+        200,
+        {"path": "/api/tags", "authorization": "Bearer KeyDefault1"},
+    )
+    for prefix, path in (("vllm", "/metrics"), ("onnx", "/health"), ("vllm", "/api/tags"), ("ollama", "/")):
+        status, body = _get(f"{proxy}/{prefix}{path}", "KeyDefault1")
+        assert status == 404 and body["error"]["code"] == "not_found", (prefix, path)
+        assert _get(f"{proxy}/{prefix}{path}")[0] == 401  # the key check comes first
     status, body = _get(f"{proxy}/")
     assert status == 200 and body["authorization"] is None  # Open WebUI signs its users in itself
 
@@ -711,7 +811,7 @@ def test_proxy_counts_requests_per_backend_for_the_gateway_rules(running_proxy: 
             assert server
             counts[server.group(1)] = counts.get(server.group(1), 0) + float(line.rsplit(" ", 1)[1])
     # The public server proxies every backend (and Open WebUI) too: the rules read the named servers only.
-    assert {k: v for k, v in counts.items() if k in BACKEND_SERVER_PORTS} == {"vllm": 3, "ollama": 2, "onnx": 1}
+    assert {k: v for k, v in counts.items() if k in registry.names()} == {"vllm": 3, "ollama": 2, "onnx": 1}
     from infra.monitoring_files import MONITORING
 
     documented = (MONITORING / "metrics" / "caddy.txt").read_text()

@@ -1,20 +1,23 @@
-"""The conversion as the stack runs it: a Job named by the key on Kubernetes, a one-shot Compose
-service on the VM, the token as a file, the model volume writable by the Job only."""
+"""The conversion as the stack runs it: the ONNX backend's preparation step, a Job named by the key on
+Kubernetes and a one-shot Compose service on the VM, the token as a file, the model volume writable by
+the preparation only."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 import yaml
 
 from infra.azure.vm import decode_custom_data
-from infra.config import ConversionConfig
-from infra.conversion_plan import conversion_spec
-from infra.k8s.conversion import ModelConversion, ModelConversionArgs
+from infra.backends import registry
+from infra.backends.conversion_plan import conversion_spec
+from infra.backends.description import Paths
+from infra.config import ConversionConfig, OnnxBackendConfig
+from infra.conventions import API_KEYS_FILE, HF_TOKEN_FILE
+from infra.k8s.backend import SECRETS_MOUNT, BackendArgs, BackendPlatform, BackendWorkload, SecretSource
 from offline import recording
 from tests.conftest import run_stack, stack_value
 
@@ -28,7 +31,7 @@ def _onnx(stack: str, **conversion: Any) -> dict[str, Any]:
 
 
 def _job(rec: recording.Recording) -> dict[str, Any]:
-    return rec.one(JOB, "-onnx-job").plain
+    return rec.one(JOB, "-onnx-prepare").plain
 
 
 @pytest.mark.parametrize("stack", ["prod", "local"])
@@ -56,13 +59,18 @@ def test_token_is_a_mounted_file_never_an_env_value() -> None:
     pod = _job(rec)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    assert env["HF_TOKEN_PATH"]["value"] == "/var/run/secrets/huggingface/token"
+    assert env["HF_TOKEN_PATH"]["value"] == "/var/run/secrets/slm/hf-token"
     assert all("valueFrom" not in e for e in container["env"])
-    token_mount = next(m for m in container["volumeMounts"] if m["name"] == "hf-token")
-    assert token_mount["readOnly"] is True
-    volume = next(v for v in pod["volumes"] if v["name"] == "hf-token")
-    assert volume["secret"]["secretName"] == "hf-token" and volume["secret"]["defaultMode"] == 0o400
-    secret = rec.one("kubernetes:core/v1:Secret", "-onnx-hf-token")
+    token_mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    assert token_mount == {"name": "secrets", "mountPath": "/var/run/secrets/slm", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
+    # Only the token: the conversion never sees the API keys.
+    assert volume["projected"]["sources"] == [
+        {"secret": {"name": "hf-token", "items": [{"key": "hf-token", "path": "hf-token"}]}}
+    ]
+    assert volume["projected"]["defaultMode"] == 0o400
+    secret = rec.one("kubernetes:core/v1:Secret", "-hf-token")
+    assert secret.plain["metadata"]["name"] == "hf-token"
     assert isinstance(secret.inputs["stringData"], recording.Secret)
 
 
@@ -89,42 +97,46 @@ def test_local_uses_its_single_node_volume() -> None:
 
 
 def test_backend_mounts_read_only_and_waits_for_a_complete_model() -> None:
-    seen: dict[str, Any] = {}
+    backend = registry.describe("onnx", OnnxBackendConfig(enabled=True), Paths(secrets=SECRETS_MOUNT))
+    assert backend.preparation is not None
+    key = backend.preparation.key
 
     def program() -> None:
         provider = k8s.Provider("p", kubeconfig="{}")
-        conversion = ModelConversion(
+        BackendWorkload(
             "c",
-            ModelConversionArgs(
-                provider=provider,
-                namespace="slm-serving",
-                image="registry.example/converter:1",
-                conversion=ConversionConfig(),
-                target="cpu-int4",
-                storage_class=None,
-                access_mode="ReadWriteMany",
-                size_gb=10,
-                hf_token=None,
-                tolerate_taints=(),
-                labels={},
+            BackendArgs(
+                platform=BackendPlatform(
+                    provider=provider,
+                    namespace="slm-serving",
+                    labels={},
+                    storage_size_gb=10,
+                    secrets={
+                        API_KEYS_FILE: SecretSource("backend-api-keys", API_KEYS_FILE),
+                        HF_TOKEN_FILE: SecretSource("hf-token", HF_TOKEN_FILE),
+                    },
+                    image_refs={
+                        ("converter", "cpu"): "registry.example/converter:1",
+                        ("onnx-server", "cpu"): "registry.example/onnx-server:1",
+                    },
+                ),
+                backend=backend,
             ),
         )
-        seen.update(
-            key=conversion.key,
-            volume=conversion.backend_volume(),
-            mount=conversion.backend_mount(),
-            wait=conversion.wait_for_model(),
-        )
-        pulumi.export("claim", conversion.claim_name)
 
     rec = recording.run("t", {}, [], program=program)
-    assert rec.exports["claim"] == "models"
-    assert seen["volume"]["persistent_volume_claim"]["read_only"] is True
-    assert seen["mount"] == {"name": "models", "mount_path": "/models", "read_only": True}
-    wait = seen["wait"]
-    assert f"test -s /models/{seen['key']}/conversion.json" in wait["command"][-1]
-    assert wait["volume_mounts"] == [seen["mount"]]
-    assert wait["security_context"]["read_only_root_filesystem"] is True
+    assert rec.one("kubernetes:core/v1:PersistentVolumeClaim").plain["metadata"]["name"] == "models"
+    assert key == conversion_spec(ConversionConfig(), "cpu-int4").key()
+    assert rec.one(JOB).plain["metadata"]["name"] == f"convert-{key}"
+    pod = rec.one("kubernetes:apps/v1:Deployment").plain["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+    mount = {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert mount in pod["containers"][0]["volumeMounts"]
+    (wait,) = pod["initContainers"]
+    assert f"test -s /models/{key}/conversion.json" in wait["command"][-1]
+    assert wait["volumeMounts"] == [mount]
+    assert wait["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_disabling_onnx_removes_the_conversion() -> None:
@@ -152,10 +164,16 @@ def test_vm_runs_the_conversion_once_before_the_server() -> None:
     compose = yaml.safe_load(files["/opt/slm-serving/compose.yaml"])
     service = compose["services"]["convert"]
     key = conversion_spec(ConversionConfig(), "cpu-int4").key()
-    assert service["restart"] == "no"
+    # One shot, retried on failure; the server starts once it has finished.
+    assert service["restart"] == "on-failure:2"
+    assert compose["services"]["onnx"]["depends_on"] == {"convert": {"condition": "service_completed_successfully"}}
     assert service["command"][service["command"].index("--out") + 1] == f"/models/{key}"
     assert service["image"].startswith("slmdev.azurecr.io/slm-serving/converter:")
-    assert service["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf_token"
-    assert compose["secrets"]["hf_token"]["file"] == "/run/slm-serving/secrets/hf_token"
+    assert service["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf-token"
+    assert service["secrets"] == ["hf-token"]
+    assert compose["secrets"]["hf-token"]["file"] == "/run/slm-serving/secrets/hf_token"
     assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    # The model volume: writable by the conversion only.
+    assert service["volumes"] == ["/var/lib/slm-serving/models:/models"] and service["user"] == "10001:10001"
+    assert compose["services"]["onnx"]["volumes"] == ["/var/lib/slm-serving/models:/models:ro"]
     assert "slmdev.azurecr.io" in files["/usr/local/sbin/slm-registry-login"]

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from infra.config import StackSettings
-from infra.monitoring_files import JOBS, rule_files
+from infra.conventions import backend_job
+from infra.monitoring_files import rule_files
 from tests.server_support import Server, free_port
 
 pytestmark = [
@@ -96,7 +97,7 @@ def prometheus(server: Server, tmp_path: Path) -> Iterator[Prometheus]:
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(rules / "*.yml")],
                 "scrape_configs": [
-                    {"job_name": JOBS["onnx"], "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}
+                    {"job_name": backend_job("onnx"), "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}
                 ],
             }
         )
@@ -146,7 +147,9 @@ def test_rules_evaluate_and_a_stopped_backend_is_pending_down(server: Server, pr
     # The thresholds from the config are live series.
     threshold = prometheus.api("query", query="slm:threshold:ttft_p95_seconds")["result"]
     assert [float(s["value"][1]) for s in threshold] == [5.0]
-    wait_for(lambda: prometheus.api("query", query=f'up{{job="{JOBS["onnx"]}"}} == 1')["result"], 30, "a first scrape")
+    wait_for(
+        lambda: prometheus.api("query", query=f'up{{job="{backend_job("onnx")}"}} == 1')["result"], 30, "a first scrape"
+    )
 
     server.stop()
 

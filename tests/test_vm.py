@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from infra.azure import roles
-from infra.azure.cloud_init import CloudInitArgs, cloud_config
 from infra.azure.vm import CUSTOM_DATA_LIMIT, decode_custom_data
+from infra.vm.cloud_init import CloudInitArgs, cloud_config
 from offline.recording import Secret
 from tests.conftest import run_stack, stack_value
 from tests.test_compose import settings_for
@@ -115,11 +115,19 @@ def test_rendered_cloud_init_is_valid_cloud_config(rendered: Any) -> None:
 def test_cloud_init_carries_no_secret() -> None:
     text = cloud_config(
         CloudInitArgs(
-            "services: {}\n", True, "https://kv.vault.azure.net/", (("hf-token", "hf_token"),), "acr.azurecr.io"
+            "services: {}\n",
+            True,
+            "https://kv.vault.azure.net/",
+            (("hf-token", "hf_token"),),
+            "acr.azurecr.io",
+            data_folders=(("models", 10001), ("webui", 0)),
         )
     )
     assert "hf_" not in text.replace("hf_token", "")  # only the file name, never a token value
     assert cloud_config_errors(text) == []
+    runcmd = yaml.safe_load(text)["runcmd"]
+    assert ["install", "-d", "-o", "10001", "-g", "10001", "-m", "0755", "/var/lib/slm-serving/models"] in runcmd
+    assert ["install", "-d", "-o", "0", "-g", "0", "-m", "0755", "/var/lib/slm-serving/webui"] in runcmd
 
 
 @pytest.mark.parametrize(
