@@ -398,21 +398,21 @@ def test_fixed_replicas_without_a_range(rendered: Any) -> None:
 # --- ownership and switches -----------------------------------------------------------------------
 
 
-def _owned_by(rec: recording.Recording, component_type: str) -> list[recording.Registration]:
-    owners = {r.urn for r in rec.resources if r.type == component_type}
+def _owned_by(rec: recording.Recording, component_type: str, name: str) -> list[recording.Registration]:
+    owners = {r.urn for r in rec.resources if r.type == component_type and r.name.endswith(f"-{name}")}
     return [r for r in rec.resources if r.parent in owners]
 
 
 def test_disabling_a_backend_removes_every_object_it_owned(rendered: Any) -> None:
     full = rendered("prod")
-    assert _owned_by(full, "slm:k8s:OllamaBackend")
+    assert _owned_by(full, "slm:k8s:Backend", "ollama")
     rec = run_stack(
         "prod",
         overrides={
             "backends": {"vllm": {"enabled": True, "device": "gpu"}, "onnx": {"enabled": True}},
         },
     )
-    assert not [r for r in rec.resources if r.type == "slm:k8s:OllamaBackend"]
+    assert not [r for r in rec.resources if r.type == "slm:k8s:Backend" and r.name.endswith("-ollama")]
     names = json.dumps([r.inputs.get("metadata", {}) for r in rec.resources if r.type.startswith("kubernetes:")])
     assert "ollama" not in names
     assert "ollama" not in one(rec, "SecurityPolicy", "api-key-auth")["spec"]["targetRefs"].__repr__()

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ValidationError
 from infra.config.backends import (
     DEFAULT_VARIANTS,
     BackendConfig,
-    BackendName,
     BackendsConfig,
     ConversionConfig,
     Device,
@@ -69,7 +68,6 @@ __all__ = [
     "AlertReceiverConfig",
     "AlertThresholds",
     "BackendConfig",
-    "BackendName",
     "BackendsConfig",
     "ClusterConfig",
     "ConfigError",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from infra.config.base import _Model
 from infra.config.types import CpuQuantity, HubModelId, MemoryQuantity, OllamaModelName, OllamaModelRef, RoutePrefix
 
 Device = Literal["gpu", "cpu"]
-BackendName = Literal["vllm", "ollama", "onnx"]
 
 
 class ConversionConfig(_Model):
@@ -154,9 +155,66 @@ class OnnxBackendConfig(BackendConfig):
 
 
 class BackendsConfig(_Model):
+    """`backends.<name>` for every engine in the registry (infra/backends/registry.py). The three
+    built in are fields; an engine registered beside them is validated by its own config model."""
+
+    model_config = ConfigDict(extra="allow")
+
     vllm: VllmBackendConfig = VllmBackendConfig()
     ollama: OllamaBackendConfig = OllamaBackendConfig()
     onnx: OnnxBackendConfig = OnnxBackendConfig()
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _registered(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> BackendsConfig:
+        # Imported here: the registry imports the engines, which import this package.
+        from infra.backends import registry  # noqa: PLC0415
+
+        if not isinstance(data, dict):
+            return handler(data)
+        errors: list[InitErrorDetails] = []
+        extras: dict[str, BackendConfig] = {}
+        fields = {field.alias or name for name, field in cls.model_fields.items()}
+        own: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in fields:
+                own[key] = value
+            elif key in registry.names():
+                try:
+                    extras[key] = registry.kind(key).config_model.model_validate_json(json.dumps(value))
+                except ValidationError as error:
+                    errors += [_nested(key, item) for item in error.errors(include_url=False)]
+            else:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+        try:
+            model = handler(own)
+        except ValidationError as error:
+            errors += [_nested(None, item) for item in error.errors(include_url=False)]
+            model = None
+        if errors or model is None:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        defaults = {k.name: k.config_model() for k in registry.kinds() if k.name not in fields and k.name not in extras}
+        assert model.__pydantic_extra__ is not None
+        model.__pydantic_extra__.update({**defaults, **extras})
+        return model
+
+    def get(self, name: str) -> BackendConfig:
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.__pydantic_extra__ or {})[name]
+
     def enabled(self) -> dict[str, BackendConfig]:
-        return {name: b for name, b in (("vllm", self.vllm), ("ollama", self.ollama), ("onnx", self.onnx)) if b.enabled}
+        """The enabled backends, in registry order."""
+        from infra.backends import registry  # noqa: PLC0415
+
+        configs = {name: self.get(name) for name in registry.names()}
+        return {name: b for name, b in configs.items() if b.enabled}
+
+
+def _nested(key: str | None, item: ErrorDetails) -> InitErrorDetails:
+    """A pydantic error of an engine's own model, placed under its key."""
+    loc = item["loc"] if key is None else (key, *item["loc"])
+    details: InitErrorDetails = {"type": item["type"], "loc": loc, "input": item["input"]}
+    if "ctx" in item:
+        details["ctx"] = item["ctx"]
+    return details

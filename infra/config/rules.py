@@ -10,7 +10,7 @@ from pydantic.alias_generators import to_camel
 from infra.config.base import NAMESPACE
 from infra.config.errors import Problem
 from infra.config.settings import AZURE_TARGETS, StackSettings
-from infra.vm_sizes import GPU_SIZES, VLLM_MIN_COMPUTE_CAPABILITY
+from infra.vm_sizes import GPU_SIZES
 
 Check = Callable[[StackSettings, set[str]], Iterator[Problem]]
 
@@ -205,6 +205,13 @@ def _conversion_device(s: StackSettings, _: set[str]) -> Iterator[Problem]:
         )
 
 
+def _gpu_floor(name: str) -> float | None:
+    """The oldest compute capability an engine's GPU build runs on (its registry entry)."""
+    from infra.backends import registry  # noqa: PLC0415 (the registry imports this package)
+
+    return registry.kind(name).min_compute_capability
+
+
 def _gpu_backends(s: StackSettings) -> Iterator[tuple[str, str]]:
     for name, backend in s.backends.enabled().items():
         if backend.device == "gpu":
@@ -219,10 +226,10 @@ def _aks_gpus(s: StackSettings, _: set[str]) -> Iterator[Problem]:
     for name, key in _gpu_backends(s):
         if not pools:
             yield Problem(key, "device gpu needs at least one entry in aks.gpuPools")
-        elif name == "vllm" and not any(GPU_SIZES[p.vm_size].meets_vllm_floor for p in pools):
+        elif (floor := _gpu_floor(name)) and not any(GPU_SIZES[p.vm_size].compute_capability >= floor for p in pools):
             yield Problem(
                 key,
-                f"vLLM needs compute capability >= {VLLM_MIN_COMPUTE_CAPABILITY}; no GPU pool size meets it "
+                f"{name} needs compute capability >= {floor}; no GPU pool size meets it "
                 f"({', '.join(p.vm_size for p in pools)})",
             )
 
@@ -235,9 +242,9 @@ def _vm_gpu(s: StackSettings, _: set[str]) -> Iterator[Problem]:
     for name, key in _gpu_backends(s):
         if size is None:
             yield Problem(key, f"device gpu needs a GPU VM size; vm.size is {s.vm.size!r}")
-        elif name == "vllm" and not size.meets_vllm_floor:
+        elif (floor := _gpu_floor(name)) and size.compute_capability < floor:
             yield Problem(
                 key,
-                f"vLLM needs compute capability >= {VLLM_MIN_COMPUTE_CAPABILITY}; "
+                f"{name} needs compute capability >= {floor}; "
                 f"{s.vm.size} has {size.gpu_model} ({size.compute_capability})",
             )
