@@ -190,7 +190,7 @@ def cloud_config(args: CloudInitArgs) -> str:
         )
         runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
     # The services' folders on the data disk, owned by the user each runs as (the converter writes
-    # models, the ONNX server reads them; vLLM and Open WebUI run as root).
+    # models, the ONNX server reads them; Open WebUI runs as root).
     runcmd += [
         ["install", "-d", "-o", str(uid), "-g", str(uid), "-m", "0755", f"{DATA_DIR}/{folder}"]
         for folder, uid in args.data_folders
