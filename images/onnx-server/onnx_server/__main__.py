@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import uvicorn
 from prometheus_client import start_http_server
 
-from onnx_server import logs, settings
-from onnx_server.app import create_app
+from onnx_server import genai, logs, settings
+from onnx_server.app import Service, create_app
 from onnx_server.metrics import Metrics
+from onnx_server.protocol import with_header_timeout
+from onnx_server.serve import DrainingServer
 
 
 def main(argv: list[str] | None = None) -> int:
+    genai.disable_telemetry()  # before onnxruntime loads: it reads the switch once, at start
     config = settings.parse(argv)
-    logs.configure()
+    logs.configure(exception_text=config.log_prompts)
     if not (config.model / "genai_config.json").is_file():
         print(f"error: {config.model} is not an onnxruntime-genai model folder (no genai_config.json)", file=sys.stderr)
         return 2
@@ -23,17 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     app = create_app(config, metrics)
+    service: Service = app.state.service
     logging.getLogger("onnx_server").info(
         "starting", extra={"host": config.host, "port": config.port, "auth": not config.allow_unauthenticated}
     )
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_config=None,
-        timeout_graceful_shutdown=int(config.graceful_shutdown_seconds),
+        timeout_graceful_shutdown=math.ceil(config.graceful_shutdown_seconds),
         server_header=False,
+        http=with_header_timeout(config.header_timeout),
     )
+    DrainingServer(server_config, service.draining.set, service.end_requests).run()
     return 0
 
 

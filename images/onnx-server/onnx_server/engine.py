@@ -15,8 +15,10 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,25 @@ from onnx_server.genai import genai
 from onnx_server.metrics import Metrics
 
 log = logging.getLogger("onnx_server.engine")
+# Below this, sampling is greedy decoding (its limit as the temperature goes to 0): the runtime
+# divides float32 logits by the temperature, and a denormal one makes them infinite and aborts.
+MIN_TEMPERATURE = 1e-6
+SEED_RANGE = 1 << 31  # the runtime takes a 32-bit seed; any integer folds into it, reproducibly
+
+
+def special_tokens(model_dir: Path) -> dict[str, int]:
+    """The tokenizer's special tokens, text -> id (from tokenizer.json's added tokens)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    added = json.loads(path.read_text()).get("added_tokens", [])
+    return {t["content"]: int(t["id"]) for t in added if t.get("special") and isinstance(t.get("content"), str)}
+
+
+def frames(error: BaseException) -> list[str]:
+    """Where an exception came from, without its message: messages of tokenizer and runtime errors
+    repeat their arguments, which may be prompt text."""
+    return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(error.__traceback__)]
 
 
 class Overloaded(Exception):
@@ -48,7 +69,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
     def shares_batch_with(self, other: Sampling) -> bool:
         # A seed promises a reproducible sequence and guidance constrains one sequence: alone.
@@ -62,6 +83,7 @@ class Event:
     finish_reason: str = ""
     completion_tokens: int = 0
     status: int = 0
+    code: str | None = None
 
 
 @dataclass(eq=False)
@@ -73,6 +95,7 @@ class Job:
     stop: list[str]
     deadline: float
     loop: asyncio.AbstractEventLoop
+    markers: tuple[str, ...] = ()  # special tokens to keep in the text (tool-call markers)
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.perf_counter)
@@ -148,11 +171,17 @@ class Engine:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.context_length = 0
+        self.vocab_size = 0
         self.eos_ids: frozenset[int] = frozenset()
+        self.pad_id = 0
+        self._special_ids: dict[int, str] = {}
         self._og: Any = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
+        # One tokenizer thread: prompts leave the event loop and are tokenised, and so admitted, in
+        # the order they arrived.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._queue: queue.Queue[Job] = queue.Queue()
         self._deferred: deque[Job] = deque()
         self._admission = threading.Lock()
@@ -175,6 +204,7 @@ class Engine:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     def _load(self) -> None:
         og = genai()
@@ -185,16 +215,23 @@ class Engine:
         self._og = og
         genai_config = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
         self.context_length = int(genai_config["context_length"])
+        self.vocab_size = int(genai_config.get("vocab_size", 0))
         eos = genai_config.get("eos_token_id", [])
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self.pad_id = int(genai_config.get("pad_token_id", 0))
+        self._special_ids = {token_id: text for text, token_id in special_tokens(self.model_dir).items()}
         log.info("model loaded", extra={"model": str(self.model_dir), "threads": self.threads})
         self.ready.set()
 
     # --- request side (event loop threads) --------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
+    def _encode(self, text: str) -> list[int]:
         with self._tokenizer_lock:
-            return [int(t) for t in self._tokenizer.encode(text)]
+            return self._tokenizer.encode(text).tolist()
+
+    async def encode(self, text: str) -> list[int]:
+        """Token ids for a prompt, computed on the tokenizer thread (a 1 MiB prompt takes ~0.3 s)."""
+        return await asyncio.get_running_loop().run_in_executor(self._encoder, self._encode, text)
 
     @property
     def waiting(self) -> int:
@@ -227,7 +264,7 @@ class Engine:
                 self._decode(batch)
                 self._last_batch = len(batch)
             except Exception as error:  # one failed batch must not stop the server
-                log.exception("decoding failed")
+                log.error("decoding failed", extra={"error": type(error).__name__, "frames": frames(error)})
                 for job in batch:
                     if not job.finished:
                         job.finished = "error"
@@ -280,10 +317,11 @@ class Engine:
             options["do_sample"] = False
         else:
             options |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-            if sampling.top_k:
+            # top_k beyond the vocabulary is no limit at all, and crashes the runtime's sampler.
+            if sampling.top_k and (not self.vocab_size or sampling.top_k < self.vocab_size):
                 options["top_k"] = sampling.top_k
         if sampling.seed is not None:
-            options["random_seed"] = sampling.seed
+            options["random_seed"] = sampling.seed % SEED_RANGE
         params = self._og.GeneratorParams(self._model)
         params.set_search_options(**options)
         if sampling.guidance is not None:
@@ -303,13 +341,18 @@ class Engine:
             # Guidance jobs run alone: a schema the runtime rejects is the client's to fix.
             for job in batch:
                 job.finished = "error"
-                self._outbox.put(job, Event("error", text=f"response_format could not be applied: {error}", status=400))
+                message = f"response_format could not be applied (with the tools' parameter schemas): {error}"
+                self._outbox.put(job, Event("error", text=message, status=400, code="invalid_response_format"))
             return
         if len(batch) == 1:
             generator.append_tokens(np.asarray(batch[0].prompt_ids, dtype=np.int32))
         else:
-            with self._tokenizer_lock:
-                padded = self._tokenizer.encode_batch([job.prompt for job in batch])
+            # The ids each request was measured with, right-padded as the tokenizer's encode_batch
+            # pads: no second tokenisation here, where it would hold the GIL between decode steps.
+            width = max(len(job.prompt_ids) for job in batch)
+            padded = np.full((len(batch), width), self.pad_id, dtype=np.int32)
+            for row, job in enumerate(batch):
+                padded[row, : len(job.prompt_ids)] = job.prompt_ids
             generator.append_tokens(padded)
         for job in batch:
             job.stream = self._tokenizer.create_stream()
@@ -348,14 +391,19 @@ class Engine:
         else:
             per_token.itl.observe(now - job.last_token_at)
         job.last_token_at = now
-        job.held += job.stream.decode(token)
+        special = self._special_ids.get(token)
+        # The tokenizer's decoding drops special tokens, tool-call markers included.
+        if special is not None and special in job.markers:
+            job.held += special
+        else:
+            job.held += job.stream.decode(token)
         if self._emit_until_stop(job):
             self._finish(job, "stop")
         elif job.generated >= job.max_tokens:
             self._finish(job, "length")
         elif now > job.deadline:
             job.finished = "timeout"
-            self._outbox.put(job, Event("error", text="the request timed out", status=504))
+            self._outbox.put(job, Event("error", text="the request timed out", status=504, code="timeout"))
 
     def _emit_until_stop(self, job: Job) -> bool:
         """Send what can no longer become part of a stop sequence; True when a stop sequence ended it."""

@@ -1,11 +1,13 @@
 """The OpenAI API subset we serve, as strict models: wrong types are errors (`temperature: false`
-is refused, not read as 0), unknown parameters are errors, known-but-unsupported ones say so."""
+is refused, not read as 0), unknown parameters are errors, known-but-unsupported ones say so, and
+an explicit null means the parameter's default (OpenAI clients send nulls for unset fields)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # OpenAI parameters we know and do not implement: a request that sets them gets a clear 400.
 UNSUPPORTED = (
@@ -18,10 +20,22 @@ UNSUPPORTED = (
     "echo",
     "suffix",
 )
+MAX_STOP = 4
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        optional = set()
+        for name, info in cls.model_fields.items():
+            if not info.is_required():
+                optional |= {name, info.alias or name}
+        return {k: v for k, v in data.items() if v is not None or k not in optional}
 
 
 class TextPart(_Strict):
@@ -29,9 +43,31 @@ class TextPart(_Strict):
     text: str
 
 
+class RefusalPart(_Strict):
+    """What an assistant message from OpenAI may carry instead of text."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
+class MediaPart(BaseModel):
+    """Image, audio and file parts: recognised so the answer can say they are not supported."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url", "input_audio", "file"]
+
+
+Part = Annotated[TextPart | RefusalPart | MediaPart, Field(discriminator="type")]
+
+
 class FunctionCall(_Strict):
     name: str
     arguments: str
+
+
+class FunctionCallIn(FunctionCall):
+    # `.parse()` adds the decoded arguments; a conversation sent back carries them.
+    parsed_arguments: Any = None
 
 
 class ToolCall(_Strict):
@@ -40,17 +76,39 @@ class ToolCall(_Strict):
     function: FunctionCall
 
 
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[Part] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCallIn | None = None  # the legacy form of one tool call
+    # Fields of OpenAI's own assistant messages (`message.model_dump()`, `.parse()`), accepted when
+    # a client sends the conversation back; none of them changes what the model reads.
+    refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    parsed: Any = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+            parts = [p for p in self.content if not isinstance(p, MediaPart)]
+            return "".join(p.text if isinstance(p, TextPart) else p.refusal for p in parts)
+        return self.content or self.refusal or ""
+
+    def media_part(self) -> tuple[int, str] | None:
+        """The first image, audio or file part (index, type): this server's model reads text only."""
+        if isinstance(self.content, list):
+            for index, part in enumerate(self.content):
+                if isinstance(part, MediaPart):
+                    return index, part.type
+        return None
 
 
 class FunctionSpec(_Strict):
@@ -103,7 +161,7 @@ class _Sampling(_Strict):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     seed: int | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -114,20 +172,31 @@ class _Sampling(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
-    def unsupported(self) -> str | None:
-        """The first known parameter we do not implement that the request sets (n > 1 included)."""
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP:
+            raise PydanticCustomError(
+                "too_many_stop_sequences",
+                "at most {limit} stop sequences are allowed, this request has {count}",
+                {"limit": MAX_STOP, "count": len(stop)},
+            )
+        return stop
+
+    def refused(self) -> tuple[str, str] | None:
+        """(parameter, why) for the first parameter whose value this server cannot honour."""
         if self.n != 1:
-            return "n"
+            return "n", "only n=1 is supported"
         for name in UNSUPPORTED:
             value = getattr(self, name, None)
             if value not in (None, False, 0, {}):
-                return name
+                return name, f"parameter {name!r} is not supported by this server"
         return None
 
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        # One rule for "" and [""]: an empty stop sequence stops nothing.
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return [s for s in stops if s]
 
 
 class ChatCompletionRequest(_Sampling):
@@ -137,6 +206,43 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # The legacy form of tools: served as tools, answered as `function_call`.
+    functions: Annotated[list[FunctionSpec], Field(min_length=1)] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    # Accepted and without effect here: hints, bookkeeping and the defaults of features we lack.
+    store: bool | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+
+    def refused(self) -> tuple[str, str] | None:
+        if self.store:
+            return "store", "store: true is not supported: this server keeps no completions (omit it or send false)"
+        if self.service_tier not in (None, "auto", "default"):
+            return "service_tier", (
+                f"service_tier {self.service_tier!r} is not offered: this server has one tier ('auto' or 'default')"
+            )
+        if self.modalities is not None and "audio" in self.modalities:
+            return "modalities", 'audio output is not supported: modalities can only be ["text"]'
+        if self.functions is not None and self.tools is not None:
+            return "functions", "send tools or the legacy functions, not both"
+        return super().refused()
+
+    def tool_list(self) -> list[Tool] | None:
+        if self.functions is not None:
+            return [Tool(type="function", function=f) for f in self.functions]
+        return self.tools
+
+    def tool_choice_value(self) -> str | NamedToolChoice | None:
+        if self.functions is not None and self.function_call is not None:
+            if isinstance(self.function_call, NamedFunction):
+                return NamedToolChoice(type="function", function=self.function_call)
+            return self.function_call
+        return self.tool_choice
 
 
 class CompletionRequest(_Sampling):
@@ -159,12 +265,13 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ResponseMessage
-    finish_reason: Literal["stop", "length", "tool_calls"]
+    finish_reason: Literal["stop", "length", "tool_calls", "function_call"]
     logprobs: None = None
 
 

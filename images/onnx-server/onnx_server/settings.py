@@ -28,6 +28,9 @@ class Settings:
     threads: int = 0  # 0: the CPUs this process may use
     log_prompts: bool = False
     graceful_shutdown_seconds: float = 30.0
+    header_timeout: float = 10.0  # a connection's request line and headers must arrive within this
+    body_timeout: float = 30.0  # and a request's whole body within this
+    open_docs: bool = False  # /docs and /openapi.json without a key
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -73,6 +76,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     add("max-body-bytes", int, d.max_body_bytes, "largest request body")
     add("threads", int, d.threads, "intra-op threads; 0 sizes from the CPUs available")
     add("graceful-shutdown-seconds", float, d.graceful_shutdown_seconds, "drain time on SIGTERM")
+    add("header-timeout", float, d.header_timeout, "seconds for a request's line and headers to arrive")
+    add("body-timeout", float, d.body_timeout, "seconds for a request's whole body to arrive")
     parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -85,6 +90,12 @@ def parse(argv: list[str] | None = None) -> Settings:
         default=(_env("log-prompts") or "").lower() in {"1", "true", "yes"},
         help="include prompt text in logs",
     )
+    parser.add_argument(
+        "--open-docs",
+        action="store_true",
+        default=(_env("open-docs") or "").lower() in {"1", "true", "yes"},
+        help="serve /docs and /openapi.json without an API key (they name the served model)",
+    )
     args = parser.parse_args(argv)
     keys = _read_keys(args.api_key_file)
     if not keys and not args.allow_unauthenticated:
@@ -94,6 +105,9 @@ def parse(argv: list[str] | None = None) -> Settings:
     for flag in ("port", "max_batch", "max_waiting", "default_max_tokens"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("header_timeout", "body_timeout"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be more than 0 seconds")
     return Settings(
         model=Path(args.model),
         host=args.host,
@@ -111,4 +125,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         threads=args.threads,
         log_prompts=args.log_prompts,
         graceful_shutdown_seconds=args.graceful_shutdown_seconds,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        open_docs=args.open_docs,
     )

@@ -1,0 +1,64 @@
+"""What onnxruntime-genai's guidance (llguidance) is asked to enforce for a chat request.
+
+`response_format` alone is a JSON schema. With tools as well, the answer is either a tool call in
+the model's own markers or JSON that fits the format (OpenAI allows both together): a Lark
+grammar with two branches, the tool call's JSON constrained to the declared tools.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from onnx_server import schemas
+from onnx_server.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+Guidance = tuple[str, str]
+
+
+def _answer_schema(response_format: schemas.ResponseFormat) -> dict[str, Any]:
+    if response_format.type == "json_object":
+        return {"type": "object"}
+    assert response_format.json_schema is not None  # ResponseFormat validates it
+    return response_format.json_schema.schema_ or {"type": "object"}
+
+
+def _calls_schema(tools: list[schemas.Tool], only: str | None) -> dict[str, Any]:
+    choices = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.function.name},
+                "arguments": tool.function.parameters or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+        }
+        for tool in tools
+        if only is None or tool.function.name == only
+    ]
+    return {"type": "array", "minItems": 1, "items": {"anyOf": choices}}
+
+
+def _marker(text: str, special: set[str]) -> str:
+    # A special token is written <|name|> in Lark (llguidance); plain text is a quoted string.
+    return text if text in special else json.dumps(text)
+
+
+def for_chat(
+    response_format: schemas.ResponseFormat | None,
+    tools: list[schemas.Tool] | None,
+    tool_choice: str | schemas.NamedToolChoice | None,
+    special_tokens: set[str],
+) -> Guidance | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    answer = _answer_schema(response_format)
+    if not tools:
+        return ("json_schema", json.dumps(answer))
+    only = tool_choice.function.name if isinstance(tool_choice, schemas.NamedToolChoice) else None
+    call = (
+        f"calls: {_marker(TOOL_CALL_OPEN, special_tokens)} %json {json.dumps(_calls_schema(tools, only))} "
+        f"{_marker(TOOL_CALL_CLOSE, special_tokens)}"
+    )
+    start = "start: calls" if tool_choice == "required" or only else "start: answer | calls"
+    return ("lark_grammar", f"{start}\nanswer: %json {json.dumps(answer)}\n{call}\n")
