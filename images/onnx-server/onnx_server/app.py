@@ -263,7 +263,13 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
         prompt = service.template.render(messages, tools)
     except TemplateFailure as error:
         raise ApiError(400, str(error), param="messages") from None
-    guided = guidance.for_chat(body.response_format, rendered, tool_choice, service.special)
+    guided = guidance.for_chat(
+        body.response_format,
+        rendered,
+        tool_choice,
+        service.special,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
     max_tokens = body.max_completion_tokens or body.max_tokens
     job = await _job(
         service,

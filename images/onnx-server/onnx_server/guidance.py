@@ -14,6 +14,13 @@ from onnx_server import schemas
 from onnx_server.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 Guidance = tuple[str, str]
+# Compact JSON unless the schema says otherwise: llguidance's default admits any whitespace, and a
+# small model can spend its whole max_tokens on tabs before the first key.
+COMPACT = {"whitespace_flexible": False}
+
+
+def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+    return schema if "x-guidance" in schema else {**schema, "x-guidance": COMPACT}
 
 
 def _answer_schema(response_format: schemas.ResponseFormat) -> dict[str, Any]:
@@ -23,7 +30,7 @@ def _answer_schema(response_format: schemas.ResponseFormat) -> dict[str, Any]:
     return response_format.json_schema.schema_ or {"type": "object"}
 
 
-def _calls_schema(tools: list[schemas.Tool], only: str | None) -> dict[str, Any]:
+def _calls_schema(tools: list[schemas.Tool], only: str | None, parallel: bool) -> dict[str, Any]:
     choices = [
         {
             "type": "object",
@@ -36,7 +43,8 @@ def _calls_schema(tools: list[schemas.Tool], only: str | None) -> dict[str, Any]
         for tool in tools
         if only is None or tool.function.name == only
     ]
-    return {"type": "array", "minItems": 1, "items": {"anyOf": choices}}
+    calls: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": choices}}
+    return calls if parallel else {**calls, "maxItems": 1}
 
 
 def _marker(text: str, special: set[str]) -> str:
@@ -49,16 +57,16 @@ def for_chat(
     tools: list[schemas.Tool] | None,
     tool_choice: str | schemas.NamedToolChoice | None,
     special_tokens: set[str],
+    *,
+    parallel_tool_calls: bool = True,
 ) -> Guidance | None:
     if response_format is None or response_format.type == "text":
         return None
-    answer = _answer_schema(response_format)
+    answer = _compact(_answer_schema(response_format))
     if not tools:
         return ("json_schema", json.dumps(answer))
     only = tool_choice.function.name if isinstance(tool_choice, schemas.NamedToolChoice) else None
-    call = (
-        f"calls: {_marker(TOOL_CALL_OPEN, special_tokens)} %json {json.dumps(_calls_schema(tools, only))} "
-        f"{_marker(TOOL_CALL_CLOSE, special_tokens)}"
-    )
+    calls = json.dumps(_compact(_calls_schema(tools, only, parallel_tool_calls)))
+    call = f"calls: {_marker(TOOL_CALL_OPEN, special_tokens)} %json {calls} {_marker(TOOL_CALL_CLOSE, special_tokens)}"
     start = "start: calls" if tool_choice == "required" or only else "start: answer | calls"
     return ("lark_grammar", f"{start}\nanswer: %json {json.dumps(answer)}\n{call}\n")
