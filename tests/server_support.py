@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,3 +66,25 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
+
+
+def raw_exchange(port: int, *chunks: bytes, timeout: float = 10, pause: float = 0.0) -> tuple[bytes, float]:
+    """Send bytes an HTTP client would refuse to send (or would send promptly), `pause` seconds
+    apart; return everything the server answered until it closed, and how long that took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may answer and close first
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(pause)
+        answer = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while data := sock.recv(65536):
+                answer += data
+    return answer, time.monotonic() - started
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of the first response in raw bytes (0: none)."""
+    line = answer.split(b"\r\n", 1)[0].split()
+    return int(line[1]) if len(line) > 1 and line[1].isdigit() else 0

@@ -163,8 +163,8 @@ def test_shutdown_drains_in_flight_requests(endless_model: Path) -> None:
     code = draining.stop(signal.SIGTERM, timeout=60)
     worker.join(60)
     assert result["status"] == 200 and result["body"]["usage"]["completion_tokens"] > 0
-    # Uvicorn re-raises the signal once it has drained and shut down cleanly.
-    assert code in (0, -signal.SIGTERM)
+    # A clean drain is a clean exit (uvicorn itself would re-raise the signal: 143).
+    assert code == 0
 
 
 BAD_INPUTS = [
