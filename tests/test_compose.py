@@ -292,11 +292,10 @@ def test_services_are_hardened_and_exceptions_are_the_documented_ones() -> None:
     assert services["proxy"]["cap_add"] == ["NET_BIND_SERVICE"]
     # Backend volumes are data-disk folders named after the claim; only the preparation writes the model.
     assert services["vllm"]["volumes"] == ["/var/lib/slm-serving/vllm-cache:/cache"]
-    assert (
-        services["ollama"]["volumes"]
-        == services["ollama-pull"]["volumes"]
-        == ["/var/lib/slm-serving/ollama-models:/models"]
-    )
+    # Ollama's server only reads what the pull wrote (it prunes nothing at start).
+    assert services["ollama"]["volumes"] == ["/var/lib/slm-serving/ollama-models:/models:ro"]
+    assert services["ollama"]["environment"]["OLLAMA_NOPRUNE"] == "1"
+    assert services["ollama-pull"]["volumes"] == ["/var/lib/slm-serving/ollama-models:/models"]
     assert services["onnx"]["volumes"] == ["/var/lib/slm-serving/models:/models:ro"]
     assert services["convert"]["volumes"] == ["/var/lib/slm-serving/models:/models"]
 

@@ -468,3 +468,18 @@ def test_charts_are_pinned_and_dependants_wait_for_crds(rendered: Any) -> None:
     scaled = run_stack("prod", overrides={"backends": {"onnx": {"enabled": True, "scaling": {"maxReplicas": 2}}}})
     scaler = next(r for r in scaled.resources if r.type == "kubernetes:keda.sh/v1alpha1:ScaledObject")
     assert keda.urn in scaler.depends_on
+
+
+def test_ollama_serves_from_a_read_only_model_volume(rendered: Any) -> None:
+    """The pull Job writes the models; the server mounts them read-only and prunes nothing at start."""
+    rec = rendered("prod")
+    spec = pod_spec(one(rec, "Deployment", "ollama"))
+    claim = next(v for v in spec["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    container = spec["containers"][0]
+    assert {m["mountPath"]: m.get("readOnly") for m in container["volumeMounts"]}["/models"] is True
+    assert {"name": "OLLAMA_NOPRUNE", "value": "1"} in container["env"]
+    job = pod_spec(
+        one(rec, "Job", next(j["metadata"]["name"] for j in kinds(rec, "Job") if "ollama" in j["metadata"]["name"]))
+    )
+    assert not {m["mountPath"]: m.get("readOnly") for m in job["containers"][0]["volumeMounts"]}["/models"]

@@ -73,14 +73,17 @@ def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
         config=config,
         image=Image(upstream=images.OLLAMA),
         args=("serve",),
-        env={**server_env(config), "OLLAMA_HOST": f"0.0.0.0:{BACKEND_PORT}"},
+        env={**server_env(config), "OLLAMA_HOST": f"0.0.0.0:{BACKEND_PORT}", "OLLAMA_NOPRUNE": "1"},
         # `GET /` answers "Ollama is running" without auth.
         probes=Probes(startup="/", readiness="/", liveness="/"),
-        # Its native API beside /v1.
         # The CLI talks to the server OLLAMA_HOST names: it lists only when the API answers.
         health_command=("ollama", "list"),
+        # Its native API beside /v1.
         route=Route(NAME, prefix, served_models(config), paths=("/v1", "/api")),
-        volumes=(Volume(claim="ollama-models", name="models", mount=MODELS_MOUNT, size_gb=MODELS_SIZE_GB),),
+        # The server only reads the models the preparation pulled (no pruning at start, which writes).
+        volumes=(
+            Volume(claim="ollama-models", name="models", mount=MODELS_MOUNT, size_gb=MODELS_SIZE_GB, read_only=True),
+        ),
         preparation=Preparation(
             name="ollama-pull",
             key=key,
