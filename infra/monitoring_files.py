@@ -17,6 +17,7 @@ MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 THRESHOLDS_FILE = "thresholds.rules.yml"
 THRESHOLDS_GROUP = "slm-serving.thresholds"
 PRICES_GROUP = "slm-serving.prices"
+STARTUP_RECORD = "slm:threshold:startup_seconds"
 
 
 def _number(value: float) -> str:
@@ -24,19 +25,25 @@ def _number(value: float) -> str:
 
 
 def threshold_rules(settings: StackSettings) -> str:
-    """thresholds.rules.yml: each alert threshold as `slm:threshold:<name>`, each configured GPU price
-    as `slm:gpu_hourly_usd{vm_size}` and, on the VM, the VM's size for every GPU host its DCGM
-    exporter reports (`slm:node_vm_size:info`; on Kubernetes a shared rule reads it from the nodes)."""
+    """thresholds.rules.yml: each alert threshold as `slm:threshold:<name>`, each enabled backend's
+    startup budget as `slm:threshold:startup_seconds{backend}`, each configured GPU price as
+    `slm:gpu_hourly_usd{vm_size}` and, on the VM, the VM's size for every GPU host its DCGM exporter
+    reports (`slm:node_vm_size:info`; on Kubernetes a shared rule reads it from the nodes)."""
     thresholds = settings.monitoring.thresholds.model_dump()
-    groups: list[dict[str, Any]] = [
-        {
-            "name": THRESHOLDS_GROUP,
-            "rules": [
-                {"record": f"slm:threshold:{name}", "expr": f"vector({_number(value)})"}
-                for name, value in thresholds.items()
-            ],
-        }
+    rules: list[dict[str, Any]] = [
+        {"record": f"slm:threshold:{name}", "expr": f"vector({_number(value)})"} for name, value in thresholds.items()
     ]
+    # BackendNotReady compares a pod's age with its own backend's budget (backends.<name>.startupMinutes),
+    # the same budget its startup probe and the VM's healthcheck start_period allow.
+    rules += [
+        {
+            "record": STARTUP_RECORD,
+            "expr": f"vector({_number(config.startup_minutes * 60)})",
+            "labels": {"backend": name},
+        }
+        for name, config in settings.backends.enabled().items()
+    ]
+    groups: list[dict[str, Any]] = [{"name": THRESHOLDS_GROUP, "rules": rules}]
     prices: list[dict[str, Any]] = [
         {"record": "slm:gpu_hourly_usd", "expr": f"vector({_number(usd)})", "labels": {"vm_size": size}}
         for size, usd in sorted(settings.monitoring.gpu_hourly_usd.items())

@@ -24,6 +24,11 @@ from tests.server_support import Server
 MONITORING = PROJECT_ROOT / "monitoring"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
 DEFAULTS = StackSettings(target="cluster")
+# monitoring/tests/alerts.test.yml: the default thresholds, and vLLM and the ONNX server with the
+# default startup budget (60 minutes), so BackendNotReady has budgets to compare against.
+BACKENDS = StackSettings.model_validate(
+    {"target": "cluster", "backends": {"vllm": {"enabled": True}, "onnx": {"enabled": True}}}
+)
 # A GPU VM with prices: the rendered file with every kind of rule it can hold.
 PRICED_VM = StackSettings.model_validate(
     {"target": "vm", "monitoring": {"gpuHourlyUsd": {"Standard_NC4as_T4_v3": 0.526, "Standard_NC24ads_A100_v4": 3.67}}}
@@ -40,10 +45,12 @@ _SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def _rules() -> list[dict]:
-    """The shared rules and every rule the stack can render (thresholds, prices, the VM's size)."""
+    """The shared rules and every rule the stack can render (thresholds, startup budgets, prices, the
+    VM's size)."""
+    every = PRICED_VM.model_copy(update={"backends": BACKENDS.backends})
     return [
         rule
-        for text in rule_files(PRICED_VM).values()
+        for text in rule_files(every).values()
         for group in yaml.safe_load(text)["groups"]
         for rule in group["rules"]
     ]
@@ -108,7 +115,7 @@ def test_promtool_checks_every_rule_file(settings: StackSettings, tmp_path: Path
 def test_each_alert_fires_on_failure_and_stays_silent_when_healthy(tmp_path: Path) -> None:
     tests = yaml.safe_load((MONITORING / "tests" / "alerts.test.yml").read_text())
     assert tests["rule_files"] == ["../rules/recording.rules.yml", "../rules/alerts.rules.yml"]
-    result = _promtool_test(tmp_path, tests, DEFAULTS)
+    result = _promtool_test(tmp_path, tests, BACKENDS)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -223,6 +230,61 @@ def test_thresholds_from_the_config_decide_what_fires(tmp_path: Path) -> None:
     assert lowered.returncode == 0, lowered.stdout + lowered.stderr
     # And the default expectation fails with the lowered thresholds: the test can tell them apart.
     assert _promtool_test(tmp_path / "cross", _threshold_tests(fires=False), strict).returncode != 0
+
+
+def test_startup_budgets_are_rendered_per_enabled_backend() -> None:
+    settings = StackSettings.model_validate(
+        {"target": "vm", "backends": {"vllm": {"enabled": True, "startupMinutes": 90}, "ollama": {"enabled": True}}}
+    )
+    rules = yaml.safe_load(threshold_rules(settings))["groups"][0]["rules"]
+    budgets = {r["labels"]["backend"]: r["expr"] for r in rules if r["record"] == "slm:threshold:startup_seconds"}
+    assert budgets == {"vllm": "vector(5400.0)", "ollama": "vector(3600.0)"}
+
+
+def _not_ready_tests(eval_minutes: int, fires: bool) -> dict:
+    """vLLM's pod, started at 0, never ready; BackendNotReady at `eval_minutes`."""
+    pod = "vllm-5d8f7c9b4-x2k7p"
+    series = [
+        {"series": f'kube_pod_start_time{{namespace="slm-serving", pod="{pod}"}}', "values": "0x120"},
+        {
+            "series": f'kube_pod_status_ready{{namespace="slm-serving", pod="{pod}", condition="true"}}',
+            "values": "0x120",
+        },
+        {
+            "series": f'kube_pod_status_phase{{namespace="slm-serving", pod="{pod}", phase="Running"}}',
+            "values": "1x120",
+        },
+    ]
+    labels = {"severity": "warning", "namespace": "slm-serving", "pod": pod, "backend": "vllm"}
+    case = {"alertname": "BackendNotReady", "eval_time": f"{eval_minutes}m", "exp_alerts": []}
+    if fires:
+        hours, minutes = divmod(eval_minutes, 60)
+        age = f"{hours}h {minutes}m 0s" if hours else f"{minutes}m 0s"
+        summary = f"{pod} is not ready {age} after it started, beyond the vllm backend's startup budget"
+        annotations = {"summary": summary, "runbook": _runbook("BackendNotReady")}
+        case["exp_alerts"] = [{"exp_labels": labels, "exp_annotations": annotations}]
+    return {
+        "evaluation_interval": "30s",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [case]}],
+    }
+
+
+@needs_promtool
+@pytest.mark.parametrize(("minutes", "silent_at", "fires_at"), [(20, 20, 22), (60, 60, 62), (90, 90, 92)])
+def test_backend_not_ready_waits_for_the_configured_startup_budget(
+    tmp_path: Path, minutes: int, silent_at: int, fires_at: int
+) -> None:
+    """Silent until the backend's own budget (backends.<name>.startupMinutes) is over, firing after."""
+    settings = StackSettings.model_validate(
+        {"target": "cluster", "backends": {"vllm": {"enabled": True, "startupMinutes": minutes}}}
+    )
+    silent = _promtool_test(tmp_path / "silent", _not_ready_tests(silent_at, fires=False), settings)
+    assert silent.returncode == 0, silent.stdout + silent.stderr
+    fires = _promtool_test(tmp_path / "fires", _not_ready_tests(fires_at, fires=True), settings)
+    assert fires.returncode == 0, fires.stdout + fires.stderr
+    # A backend that is not enabled has no budget: its pods never alert.
+    off = _promtool_test(tmp_path / "off", _not_ready_tests(fires_at, fires=False), DEFAULTS)
+    assert off.returncode == 0, off.stdout + off.stderr
 
 
 @needs_promtool
