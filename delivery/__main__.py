@@ -1,9 +1,9 @@
 """`python -m delivery`: ephemeral test stacks and the endpoint smoke test.
 
-    python -m delivery up --pr 123 --base dev [--ttl-days 2] [--hf-token-env HF_TOKEN]
+    python -m delivery up --pr 123 --base dev [--ttl-days 2] [--hf-token-env HF_TOKEN] [--ready-minutes 75]
     python -m delivery destroy --pr 123
     python -m delivery sweep [--dry-run]
-    python -m delivery smoke --stack pr-123 [--ca-file ca.crt | --ca-from-stack]
+    python -m delivery smoke --stack pr-123 [--ca-file ca.crt | --ca-from-stack] [--ready-minutes 10]
 
 Exit codes: 0 success; 1 a deployment, smoke test or teardown failed; 2 invalid input;
 3 the Pulumi CLI is missing; 4 credentials are missing. Errors are one line on stderr.
@@ -16,13 +16,15 @@ import datetime as dt
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from delivery import ephemeral, preflight
+from delivery import ephemeral, preflight, readiness
 from delivery.ca import CaFetchError, fetch_ca
 from delivery.ephemeral import AZURE_TARGETS, Backend, DeliveryError, StackPlan
+from delivery.readiness import BackendReadiness, ReadinessReport
 from delivery.smoke import SmokeConfigError, SmokeReport, smoke_outputs, tls_verify
 
 EXIT_FAILED = 1
@@ -63,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed stack for inspection")
     up.add_argument("--destroy-after", action="store_true", help="destroy the stack after a passing smoke test")
     _tls_arguments(up)
+    up.add_argument(
+        "--ready-minutes",
+        type=_minutes,
+        metavar="MINUTES",
+        help="how long to wait for every backend to answer /models before the smoke test "
+        "(default: the largest backends.*.startupMinutes plus 15)",
+    )
 
     destroy = sub.add_parser("destroy", help="destroy and remove a test stack")
     target = destroy.add_mutually_exclusive_group(required=True)
@@ -75,7 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     smoke = sub.add_parser("smoke", help="smoke-test a deployed stack's endpoints")
     smoke.add_argument("--stack", required=True)
     _tls_arguments(smoke)
+    smoke.add_argument(
+        "--ready-minutes",
+        type=_minutes,
+        metavar="MINUTES",
+        help="wait up to this long for every backend to answer /models first (default: no wait)",
+    )
     return parser
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes from 0 to 1440")
+    return value
 
 
 def _tls_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +132,40 @@ def _smoke(args: argparse.Namespace) -> Callable[[Mapping[str, Any]], SmokeRepor
                 ca_file = fetch_ca(outputs, Path(tmp) / "ca.crt")
             report = smoke_outputs(outputs, tls_verify(ca_file, args.insecure), args.timeout)
         print(report.table())
+        return report
+
+    return run
+
+
+def _ready(args: argparse.Namespace, minutes: float) -> Callable[[Mapping[str, Any]], ReadinessReport]:
+    def run(outputs: Mapping[str, Any]) -> ReadinessReport:
+        budget = minutes * 60
+        deadline = time.monotonic() + budget
+        api_key = str(outputs.get("apiKey") or "")
+        if not api_key:
+            raise SmokeConfigError("the stack has no `apiKey` output")
+        with tempfile.TemporaryDirectory() as tmp:
+            ca_file: Path | None = args.ca_file
+            if args.ca_from_stack:
+                # The VM's proxy writes its CA when it first starts, some time after `up`.
+                ca = readiness.retry_until(lambda: fetch_ca(outputs, Path(tmp) / "ca.crt"), deadline, CaFetchError)
+                if isinstance(ca, CaFetchError):
+                    results = [
+                        BackendReadiness(e.backend, e.base_url, last=f"stack CA not readable: {ca}")
+                        for e in readiness.parse_endpoints(outputs.get("endpoints"))
+                    ]
+                    return ReadinessReport(results, budget, budget)
+                ca_file = ca
+            remaining = max(deadline - time.monotonic(), 0.0)
+            report = readiness.wait_until_ready(
+                outputs.get("endpoints"),
+                api_key,
+                tls_verify(ca_file, args.insecure),
+                budget_seconds=remaining,
+                log=_log,
+            )
+        report.budget_seconds = budget
+        _log(report.summary())
         return report
 
     return run
@@ -163,10 +222,15 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], factory: Backend
         if plan.dropped_secrets:
             _log(f"not copied from {plan.base} (encrypted for its own stack): {', '.join(plan.dropped_secrets)}")
         _require_pulumi(env, azure=plan.target in AZURE_TARGETS)
+        minutes = args.ready_minutes
+        if minutes is None:
+            minutes = float(readiness.default_budget_minutes(plan.config))
+        _log(f"after up: waiting up to {minutes:g} minutes for every backend (--ready-minutes)")
         result = ephemeral.run_lifecycle(
             factory(args.policy_packs),
             plan,
             _smoke(args),
+            ready=_ready(args, minutes),
             keep_on_failure=args.keep_on_failure,
             destroy_after=args.destroy_after,
             log=_log,
@@ -194,7 +258,13 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], factory: Backend
     # smoke
     _require_pulumi(env, azure=False)
     stack = factory(()).select(args.stack)
-    report = _smoke(args)(stack.outputs())
+    outputs = stack.outputs()
+    if args.ready_minutes is not None:
+        waited = _ready(args, args.ready_minutes)(outputs)
+        if not waited.ok:
+            print(f"error: {args.stack} is not ready: {waited.summary()}", file=sys.stderr)
+            return EXIT_FAILED
+    report = _smoke(args)(outputs)
     if not report.ok:
         print(f"error: smoke test of {args.stack} failed: {report.summary()}", file=sys.stderr)
         return EXIT_FAILED

@@ -278,7 +278,9 @@ class SmokeOutcome(Protocol):
 
 
 SmokeTest = Callable[[Mapping[str, Any]], SmokeOutcome]
-Stage = Literal["configure", "up", "smoke"]
+# Waits until the stack's endpoints serve (delivery.readiness); same shape as the smoke test.
+ReadinessCheck = Callable[[Mapping[str, Any]], SmokeOutcome]
+Stage = Literal["configure", "up", "ready", "smoke"]
 
 
 @dataclass
@@ -288,6 +290,7 @@ class LifecycleResult:
     failed_stage: Stage | None = None
     error: str | None = None
     smoke: SmokeOutcome | None = None
+    readiness: SmokeOutcome | None = None
     destroyed: bool = False
     kept: bool = False
     steps: list[str] = field(default_factory=list)
@@ -315,11 +318,12 @@ def run_lifecycle(
     plan: StackPlan,
     smoke: SmokeTest,
     *,
+    ready: ReadinessCheck | None = None,
     keep_on_failure: bool = False,
     destroy_after: bool = False,
     log: Log = _quiet,
 ) -> LifecycleResult:
-    """create/select -> configure -> up -> smoke; on failure destroy + remove (unless keep_on_failure);
+    """create/select -> configure -> up -> ready -> smoke; on failure destroy + remove (unless keep_on_failure);
     on success destroy + remove only when destroy_after (a pull request's stack lives until it closes)."""
     require_test_stack_name(plan.name)
     result = LifecycleResult(plan.name, ok=False)
@@ -334,9 +338,18 @@ def run_lifecycle(
         log(f"pulumi up {plan.name} (base {plan.base}, expires {plan.expires_on.isoformat()})")
         result.steps.append("up")
         stack.up()
+        outputs = stack.outputs()
+        if ready is not None:
+            # `up` returns before the backends serve (image pulls, model download and conversion).
+            stage = "ready"
+            result.steps.append("ready")
+            readiness = ready(outputs)
+            result.readiness = readiness
+            if not readiness.ok:
+                raise NotReadyError(readiness.summary())
         stage = "smoke"
         result.steps.append("smoke")
-        outcome = smoke(stack.outputs())
+        outcome = smoke(outputs)
         result.smoke = outcome
         if not outcome.ok:
             raise SmokeFailedError(outcome.summary())
@@ -359,6 +372,10 @@ def run_lifecycle(
 
 
 class SmokeFailedError(DeliveryError):
+    pass
+
+
+class NotReadyError(DeliveryError):
     pass
 
 

@@ -1,14 +1,17 @@
 """Ephemeral test stacks (delivery/): naming, config merge, cleanup order, sweep decisions, the CLI's
-errors, and the smoke test against the real ONNX server and a fake that forgets authentication."""
+errors, waiting for readiness, and the smoke test against the real ONNX server and local HTTP servers
+(one that forgets authentication, one that starts serving late, one that never does)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from delivery import ephemeral, preflight
+from delivery import ephemeral, preflight, readiness
 from delivery.__main__ import main
 from delivery.ephemeral import (
     ConfigMergeError,
@@ -620,3 +623,254 @@ def test_preflight_accepts_an_earlier_pulumi_login(tmp_path: Path) -> None:
     assert "`az account show` fails" in str(
         preflight.azure_problem({}, which=lambda _: "/usr/bin/az", az_logged_in=lambda: False)
     )
+
+
+# Readiness before the smoke test ------------------------------------------------------------------
+
+READY_KEY = "k-ready-secret-42"
+
+
+class _StartingServer(BaseHTTPRequestHandler):
+    """A backend behind its gateway while the stack starts: 401 without the key, then 503 until
+    `ready_at` (never, when None), then OpenAI-shaped answers."""
+
+    ready_at: float | None = None
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serving(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {READY_KEY}":
+            self._send(401, {"error": {"message": "missing or invalid API key"}})
+            return False
+        if self.ready_at is None or time.monotonic() < self.ready_at:
+            self._send(503, {"error": {"message": "model loading"}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if self._serving():
+            self._send(
+                200, {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "x"}]}
+            )
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self._serving():
+            message = {"role": "assistant", "content": "hello"}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [choice]})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def starting_server() -> Iterator[Callable[[float | None], str]]:
+    """Start a `_StartingServer` ready after `delay` seconds (None: never); returns its base URL."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(delay: float | None) -> str:
+        handler = type(
+            "Handler",
+            (_StartingServer,),
+            {"ready_at": None if delay is None else time.monotonic() + delay},
+        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backends_at(**bases: str) -> dict[str, Any]:
+    return {
+        "gateway": {"address": "127.0.0.1"},
+        "backends": {name: {"baseUrl": f"{base}/v1", "model": MODEL} for name, base in bases.items()},
+    }
+
+
+def test_readiness_waits_for_a_late_backend(starting_server: Callable[[float | None], str]) -> None:
+    late, prompt = starting_server(1.5), starting_server(0)
+    started = time.monotonic()
+    report = readiness.wait_until_ready(
+        backends_at(late=late, prompt=prompt), READY_KEY, budget_seconds=20, first_delay=0.2
+    )
+    assert report.ok, report.summary()
+    by_name = {r.backend: r for r in report.results}
+    assert by_name["prompt"].attempts == 1 and by_name["late"].attempts > 2
+    assert 1.5 <= time.monotonic() - started < 10
+    assert report.summary().startswith("all backends ready after")
+
+
+def test_readiness_names_what_never_became_ready(starting_server: Callable[[float | None], str]) -> None:
+    never, ready = starting_server(None), starting_server(0)
+    down = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    report = readiness.wait_until_ready(
+        backends_at(never=never, ready=ready, down=down), READY_KEY, budget_seconds=1.5, first_delay=0.2
+    )
+    assert 1.5 <= time.monotonic() - started < 5
+    assert not report.ok
+    by_name = {r.backend: r for r in report.results}
+    assert by_name["ready"].ready
+    assert (by_name["never"].ready, by_name["never"].last) == (False, "HTTP 503")
+    assert not by_name["down"].ready and by_name["down"].last.startswith("ConnectError")
+    summary = report.summary()
+    assert summary.startswith("not ready within 2s: ")
+    assert "never: HTTP 503" in summary and "down: ConnectError" in summary and "ready:" not in summary
+
+
+def test_readiness_backs_off(starting_server: Callable[[float | None], str]) -> None:
+    never = starting_server(None)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    report = readiness.wait_until_ready(
+        backends_at(never=never), READY_KEY, budget_seconds=2, first_delay=0.1, max_delay=0.4, sleep=sleep
+    )
+    assert sleeps[:4] == pytest.approx([0.1, 0.2, 0.4, 0.4])
+    assert all(s <= 0.4 for s in sleeps) and report.results[0].attempts == len(sleeps) + 1
+
+
+def test_a_wrong_key_is_not_ready(starting_server: Callable[[float | None], str]) -> None:
+    report = readiness.wait_until_ready(
+        backends_at(onnx=starting_server(0)), "not-the-key", budget_seconds=0, first_delay=0.1
+    )
+    assert not report.ok and report.results[0].last == "HTTP 401"
+    assert "not-the-key" not in report.summary()
+
+
+@pytest.mark.slow
+def test_readiness_follows_the_real_server_while_it_loads(served_model: Path) -> None:
+    # Polling starts as soon as the process listens, before the model is loaded.
+    server = Server(served_model, "--served-model-name", MODEL, ready=False)
+    try:
+        report = readiness.wait_until_ready(
+            endpoints_for(server.base), API_KEY, budget_seconds=60, first_delay=0.1, max_delay=0.5
+        )
+        assert report.ok, report.summary()
+        [wrong] = readiness.wait_until_ready(endpoints_for(server.base), "wrong", budget_seconds=0).results
+        assert (wrong.ready, wrong.last) == (False, "HTTP 401")
+        assert smoke_test(endpoints_for(server.base), API_KEY, timeout=60).ok
+    finally:
+        server.stop()
+
+
+def test_default_budget_is_the_slowest_startup_plus_a_margin() -> None:
+    assert readiness.default_budget_minutes(plan().config) == 60 + readiness.MARGIN_MINUTES
+    backends = {
+        "vllm": {"enabled": True, "startupMinutes": 90},
+        "ollama": {"enabled": True, "startupMinutes": 20},
+        "onnx": {"enabled": False, "startupMinutes": 300},
+    }
+    assert readiness.default_budget_minutes(plan(backends=backends).config) == 90 + readiness.MARGIN_MINUTES
+
+
+def _up_backend(endpoints: dict[str, Any]) -> FakeBackend:
+    return FakeBackend(outputs={"endpoints": endpoints, "apiKey": READY_KEY})
+
+
+def test_cli_up_waits_for_readiness_then_smoke_tests(
+    starting_server: Callable[[float | None], str],
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _has_pulumi(monkeypatch)
+    monkeypatch.setattr(readiness, "FIRST_DELAY", 0.2)
+    backend = _up_backend(backends_at(onnx=starting_server(1.0)))
+    code = main([*UP, "--ready-minutes", "0.5"], env=cli_env, backend_factory=lambda _: backend, today=TODAY)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "pr-123: up and smoke-tested" in out
+    assert "waiting up to 0.5 minutes" in err and "onnx ready after" in err
+    assert READY_KEY not in out + err
+    assert ("destroy", "pr-123") not in backend.calls
+
+
+def test_cli_up_reports_what_was_not_ready_and_destroys(
+    starting_server: Callable[[float | None], str],
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _has_pulumi(monkeypatch)
+    monkeypatch.setattr(readiness, "FIRST_DELAY", 0.2)
+    backend = _up_backend(backends_at(onnx=starting_server(0), vllm=starting_server(None)))
+    code = main([*UP, "--ready-minutes", "0.02"], env=cli_env, backend_factory=lambda _: backend, today=TODAY)
+    out, err = capsys.readouterr()
+    assert code == 1
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: ready failed for pr-123: not ready within 1s: vllm: HTTP 503 (")
+    assert "onnx:" not in line
+    assert "backend" not in out  # the smoke test's table: never reached
+    assert [c for c, _ in backend.calls][-3:] == ["select", "destroy", "remove"]
+    assert READY_KEY not in out + err
+
+
+def test_cli_up_default_budget_comes_from_the_stack(
+    starting_server: Callable[[float | None], str],
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _has_pulumi(monkeypatch)
+    backend = _up_backend(backends_at(onnx=starting_server(0)))
+    overrides = ["--set", "backends={vllm: {enabled: true, startupMinutes: 40}}"]
+    assert main([*UP, *overrides], env=cli_env, backend_factory=lambda _: backend, today=TODAY) == 0
+    assert f"waiting up to {40 + readiness.MARGIN_MINUTES} minutes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "5000"])
+def test_cli_refuses_a_bad_ready_budget(
+    value: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*UP, "--ready-minutes", value], env=cli_env, backend_factory=_unused_backend, today=TODAY)
+    assert exit_info.value.code == 2
+    assert "--ready-minutes" in (err := capsys.readouterr().err) and "minutes from 0 to 1440" in err
+
+
+def test_cli_smoke_can_wait_first(
+    starting_server: Callable[[float | None], str],
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _has_pulumi(monkeypatch)
+    backend = _up_backend(backends_at(onnx=starting_server(None)))
+    backend.stacks["pr-5"] = FakeStack(backend, "pr-5")
+    argv = ["smoke", "--stack", "pr-5", "--ready-minutes", "0"]
+    assert main(argv, env=cli_env, backend_factory=lambda _: backend) == 1
+    assert "error: pr-5 is not ready: not ready within 0s: onnx: HTTP 503" in capsys.readouterr().err
+
+
+def test_the_workflow_passes_the_readiness_budget_through_env() -> None:
+    import yaml
+
+    workflow = yaml.safe_load((PROJECT_ROOT / ".github" / "workflows" / "ephemeral.yml").read_text())
+    on = workflow.get("on", workflow.get(True))
+    assert on["workflow_dispatch"]["inputs"]["ready-minutes"]["required"] is False
+    [step] = [s for s in workflow["jobs"]["up"]["steps"] if "delivery up" in s.get("run", "")]
+    assert step["env"]["READY_MINUTES"] == "${{ inputs.ready-minutes }}"
+    assert 'args+=(--ready-minutes "$READY_MINUTES")' in step["run"]
+    assert "inputs." not in step["run"]

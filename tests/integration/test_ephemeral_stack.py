@@ -1,4 +1,5 @@
-"""A real ephemeral stack on Azure: up from dev's config, smoke-test every endpoint, destroy, remove.
+"""A real ephemeral stack on Azure: up from dev's config, wait until every backend serves, smoke-test
+every endpoint, destroy, remove.
 
 Runs only where the Pulumi CLI, a Pulumi backend login, Azure credentials and a Hugging Face token
 exist (CI's ephemeral environment, or a workstation after `az login` and `pulumi login`); anywhere
@@ -12,6 +13,7 @@ import datetime as dt
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from delivery import ephemeral, preflight
-from delivery.ca import fetch_ca
+from delivery import ephemeral, preflight, readiness
+from delivery.ca import CaFetchError, fetch_ca
+from delivery.readiness import ReadinessReport
 from delivery.smoke import SmokeReport, smoke_outputs, tls_verify
 from offline.recording import PROJECT_ROOT
 
@@ -73,7 +76,21 @@ def test_ephemeral_stack_up_smoke_destroy() -> None:
         print(report.table())
         return report
 
-    result = ephemeral.run_lifecycle(backend, plan, smoke, destroy_after=True, log=print)
+    def ready(outputs: Mapping[str, Any]) -> ReadinessReport:
+        budget = readiness.default_budget_minutes(plan.config) * 60.0
+        deadline = time.monotonic() + budget
+        with tempfile.TemporaryDirectory() as tmp:
+            ca = readiness.retry_until(lambda: fetch_ca(outputs, Path(tmp) / "ca.crt"), deadline, CaFetchError)
+            assert not isinstance(ca, CaFetchError), f"the stack's CA never became readable: {ca}"
+            remaining = max(deadline - time.monotonic(), 0.0)
+            verify = tls_verify(ca, insecure=False)
+            report = readiness.wait_until_ready(
+                outputs["endpoints"], str(outputs["apiKey"]), verify, budget_seconds=remaining, log=print
+            )
+        print(report.summary())
+        return report
+
+    result = ephemeral.run_lifecycle(backend, plan, smoke, ready=ready, destroy_after=True, log=print)
     assert result.ok, f"{result.failed_stage}: {result.error}"
     assert result.steps[-2:] == ["destroy", "remove"]
     assert name not in {ephemeral.short_name(s.name) for s in backend.list_stacks()}
