@@ -75,7 +75,8 @@ def test_non_utf8_header_bytes_are_served_everywhere(server: Server) -> None:
     after = _requests_total(server.base)
     for path in requests:
         assert after.get((path, "200"), 0) > before.get((path, "200"), 0), path  # counted as served
-    assert not [k for k in after if k[1].startswith("5")], after
+    # No 5xx during this test (the server is shared: /ready's 503 while it loaded is not ours to judge).
+    assert not [k for k in after if k[1].startswith("5") and after[k] > before.get(k, 0)], (before, after)
     logged = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
     assert {e.get("path") for e in logged if e["message"] == "request" and e.get("status") == 200} >= set(requests)
     assert "Traceback" not in server.log.read_text()
