@@ -116,3 +116,20 @@ def endless_model(served_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     config["model"]["eos_token_id"] = [config["model"]["vocab_size"] + 1]  # an id the model cannot produce
     config_path.write_text(json.dumps(config))
     return out
+
+
+PHI4_MINI_TEMPLATE = Path(__file__).parent / "data" / "chat_templates" / "phi4_mini_instruct.jinja"
+
+
+@pytest.fixture(scope="session")
+def phi4_template_model(served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served model with Phi-4-mini-instruct's chat template, shipped where Phi-4-mini ships it
+    (tokenizer_config.json's chat_template): tools are read from the system message only."""
+    out = tmp_path_factory.mktemp("phi4-template") / "phi4-template-int4"
+    shutil.copytree(served_model, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)  # the server would prefer it
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = PHI4_MINI_TEMPLATE.read_text()
+    config_path.write_text(json.dumps(config))
+    return out

@@ -24,6 +24,7 @@ from onnx_server.chat import (
     TOOL_CALL_OPEN,
     ChatTemplate,
     TemplateFailure,
+    ToolCallStream,
     load_template,
     parse_tool_calls,
 )
@@ -256,6 +257,16 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
             )
     declared = body.tool_list()
     tool_choice = body.tool_choice_value()
+    if isinstance(tool_choice, schemas.NamedToolChoice):
+        names = [tool.function.name for tool in declared or []]
+        if tool_choice.function.name not in names:
+            raise ApiError(
+                400,
+                f"tool_choice names the function {tool_choice.function.name!r}, which is not among the tools "
+                f"({', '.join(map(repr, names)) or 'none declared'})",
+                param="tool_choice",
+                code="invalid_value",
+            )
     rendered = declared if declared and tool_choice != "none" else None
     tools = [tool.model_dump(exclude_none=True) for tool in rendered] if rendered else None
     messages = [_message_dict(m) for m in body.messages]
@@ -315,6 +326,8 @@ def _message_dict(message: schemas.Message) -> dict[str, Any]:
     data: dict[str, Any] = {"role": role, "content": message.text()}
     if message.name:
         data["name"] = message.name
+    if message.tools is not None:
+        data["tools"] = message.tools if isinstance(message.tools, str) else json.dumps(message.tools)
     calls = [c.model_dump(exclude={"function": {"parsed_arguments"}}) for c in message.tool_calls or []]
     if message.function_call is not None:
         function = message.function_call.model_dump(exclude={"parsed_arguments"})
@@ -448,20 +461,16 @@ async def _chat_chunks(
             **usage_field,
         }
     )
-    # With tools the answer is parsed whole (a tool call is not streamable as text).
-    pieces: list[str] = []
+    # With tools, content and tool-call deltas are told apart as the text arrives (chat.py).
+    calls = ToolCallStream(legacy=legacy) if tools else None
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **usage_field})
+
     async for event in job.events_until_done():
         if event.kind == "delta":
-            if tools:
-                pieces.append(event.text)
-            else:
-                yield _sse(
-                    {
-                        **base,
-                        "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}],
-                        **usage_field,
-                    }
-                )
+            for delta in calls.feed(event.text) if calls else [{"content": event.text}]:
+                yield chunk(delta)
         elif event.kind == "error":
             yield _error_event(event)
             return
@@ -469,17 +478,12 @@ async def _chat_chunks(
             return
         else:
             finish = event.finish_reason
-            if tools:
-                content, calls = parse_tool_calls("".join(pieces))
-                delta: dict[str, Any] = {"content": content} if content else {}
-                if calls and legacy:
-                    delta["function_call"] = calls[0]["function"]
-                    finish = "function_call"
-                elif calls:
-                    delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-                    finish = "tool_calls"
-                yield _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], **usage_field})
-            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}], **usage_field})
+            if calls is not None:
+                for delta in calls.finish():
+                    yield chunk(delta)
+                if calls.called:
+                    finish = "function_call" if legacy else "tool_calls"
+            yield chunk({}, finish)
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
 

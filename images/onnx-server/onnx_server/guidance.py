@@ -2,7 +2,8 @@
 
 `response_format` alone is a JSON schema. With tools as well, the answer is either a tool call in
 the model's own markers or JSON that fits the format (OpenAI allows both together): a Lark
-grammar with two branches, the tool call's JSON constrained to the declared tools.
+grammar with two branches, the tool call's JSON constrained to the declared tools. `tool_choice`
+"required" or a named function leaves only the tool-call branch, with or without a format.
 """
 
 from __future__ import annotations
@@ -30,15 +31,25 @@ def _answer_schema(response_format: schemas.ResponseFormat) -> dict[str, Any]:
     return response_format.json_schema.schema_ or {"type": "object"}
 
 
+def _closed(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    # Keys beyond the declared ones are no use to the caller, and a small model can run a stray
+    # key's string on to max_tokens: closed unless the schema says otherwise.
+    schema = parameters or {"type": "object"}
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
 def _calls_schema(tools: list[schemas.Tool], only: str | None, parallel: bool) -> dict[str, Any]:
     choices = [
         {
             "type": "object",
             "properties": {
                 "name": {"const": tool.function.name},
-                "arguments": tool.function.parameters or {"type": "object"},
+                "arguments": _closed(tool.function.parameters),
             },
             "required": ["name", "arguments"],
+            "additionalProperties": False,
         }
         for tool in tools
         if only is None or tool.function.name == only
@@ -60,13 +71,18 @@ def for_chat(
     *,
     parallel_tool_calls: bool = True,
 ) -> Guidance | None:
-    if response_format is None or response_format.type == "text":
-        return None
-    answer = _compact(_answer_schema(response_format))
-    if not tools:
-        return ("json_schema", json.dumps(answer))
     only = tool_choice.function.name if isinstance(tool_choice, schemas.NamedToolChoice) else None
+    forced = bool(tools) and (tool_choice == "required" or only is not None)
+    formatted = response_format is not None and response_format.type != "text"
+    if not formatted and not forced:
+        return None
+    if not tools:
+        assert response_format is not None
+        return ("json_schema", json.dumps(_compact(_answer_schema(response_format))))
     calls = json.dumps(_compact(_calls_schema(tools, only, parallel_tool_calls)))
     call = f"calls: {_marker(TOOL_CALL_OPEN, special_tokens)} %json {calls} {_marker(TOOL_CALL_CLOSE, special_tokens)}"
-    start = "start: calls" if tool_choice == "required" or only else "start: answer | calls"
-    return ("lark_grammar", f"{start}\nanswer: %json {json.dumps(answer)}\n{call}\n")
+    if forced:
+        return ("lark_grammar", f"start: calls\n{call}\n")
+    assert response_format is not None
+    answer = _compact(_answer_schema(response_format))
+    return ("lark_grammar", f"start: answer | calls\nanswer: %json {json.dumps(answer)}\n{call}\n")

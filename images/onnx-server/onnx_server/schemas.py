@@ -4,9 +4,10 @@ an explicit null means the parameter's default (OpenAI clients send nulls for un
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # OpenAI parameters we know and do not implement: a request that sets them gets a clear 400.
@@ -89,6 +90,8 @@ class Message(_Strict):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCallIn | None = None  # the legacy form of one tool call
+    # Phi-4-mini's own convention: tool definitions on the system message, a JSON string (or list).
+    tools: str | list[dict[str, Any]] | None = None
     # Fields of OpenAI's own assistant messages (`message.model_dump()`, `.parse()`), accepted when
     # a client sends the conversation back; none of them changes what the model reads.
     refusal: str | None = None
@@ -101,6 +104,28 @@ class Message(_Strict):
             parts = [p for p in self.content if not isinstance(p, MediaPart)]
             return "".join(p.text if isinstance(p, TextPart) else p.refusal for p in parts)
         return self.content or self.refusal or ""
+
+    @model_validator(mode="after")
+    def _tools_on_system_only(self) -> Message:
+        if self.tools is not None and self.role not in ("system", "developer"):
+            raise ValueError(f"tools can be set on a system message, not on a {self.role} message")
+        return self
+
+    def declared_tools(self) -> list[Tool]:
+        """The tools set on this (system) message, as request tools."""
+        if self.tools is None:
+            return []
+        try:
+            items = json.loads(self.tools) if isinstance(self.tools, str) else self.tools
+        except json.JSONDecodeError as error:
+            raise ValueError(f"tools on the system message is not JSON: {error}") from None
+        if not isinstance(items, list):
+            raise ValueError("tools on the system message must be a JSON list of functions")
+        tools: list[Tool] = []
+        for item in items:
+            wrapped = item if isinstance(item, dict) and "function" in item else {"type": "function", "function": item}
+            tools.append(Tool.model_validate(wrapped, strict=False))
+        return tools
 
     def media_part(self) -> tuple[int, str] | None:
         """The first image, audio or file part (index, type): this server's model reads text only."""
@@ -232,10 +257,23 @@ class ChatCompletionRequest(_Sampling):
             return "functions", "send tools or the legacy functions, not both"
         return super().refused()
 
+    @model_validator(mode="after")
+    def _system_tools_parse(self) -> ChatCompletionRequest:
+        for index, message in enumerate(self.messages):
+            try:
+                message.declared_tools()
+            except (ValueError, ValidationError) as error:
+                raise ValueError(f"messages.{index}.tools: {error}") from None
+        return self
+
     def tool_list(self) -> list[Tool] | None:
         if self.functions is not None:
             return [Tool(type="function", function=f) for f in self.functions]
-        return self.tools
+        if self.tools is not None:
+            return self.tools
+        # Tools a client set on the system message, as Phi-4-mini's own examples do.
+        declared = [tool for message in self.messages for tool in message.declared_tools()]
+        return declared or None
 
     def tool_choice_value(self) -> str | NamedToolChoice | None:
         if self.functions is not None and self.function_call is not None:
