@@ -115,6 +115,6 @@ def alertmanager_document(settings: StackSettings, url_file_dir: str | None = No
     return config
 
 
-def alertmanager_config(settings: StackSettings) -> str:
-    """The VM's alertmanager.yml."""
-    return yaml.safe_dump(alertmanager_document(settings), sort_keys=False)
+def alertmanager_config(settings: StackSettings, url_file_dir: str | None = None) -> str:
+    """The VM's alertmanager.yml (webhook URLs read from `<url_file_dir>/<receiver>` when given)."""
+    return yaml.safe_dump(alertmanager_document(settings, url_file_dir), sort_keys=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from infra.azure import roles
 from infra.azure.vm import CUSTOM_DATA_LIMIT, decode_custom_data
 from infra.vm.cloud_init import CloudInitArgs, cloud_config
-from offline.recording import Secret
+from offline.recording import Secret, redact
 from tests.conftest import run_stack, stack_value
 from tests.test_compose import settings_for
 
@@ -196,16 +197,30 @@ def test_vm_thresholds_and_prices_come_from_the_stack_config() -> None:
     assert ("slm:node_vm_size:info", "group by (Hostname) (DCGM_FI_DEV_GPU_UTIL)", (("vm_size", vm_size),)) in rules
 
 
+def _amtool_with_url_file() -> str:
+    """amtool that knows webhook `url_file` (Alertmanager 0.26 and later; the image runs 0.28.1)."""
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (Debian package `prometheus-alertmanager`)")
+    version = subprocess.run([amtool, "--version"], capture_output=True, text=True, check=False)
+    found = re.search(r"version (\d+)\.(\d+)", version.stdout + version.stderr)
+    if found is None or (int(found[1]), int(found[2])) < (0, 26):
+        pytest.skip(f"amtool {found[0] if found else '?'} predates webhook url_file (Alertmanager 0.26)")
+    return amtool
+
+
 def test_receivers_add_an_alertmanager_on_loopback(tmp_path: Path) -> None:
+    url = "https://hooks.example.com/services/T000/B000/not-a-real-token"
     monitoring = {
         "receivers": [
-            {"name": "ops-webhook", "webhookUrl": "https://hooks.example.com/alerts"},
+            {"name": "ops-webhook", "webhookUrl": url},
             {"name": "ops-mail", "emailTo": "ops@example.com"},
         ],
         "smtpSmarthost": "smtp.example.com:587",
         "smtpFrom": "alerts@example.com",
     }
-    compose = _compose(run_stack("dev", {"monitoring": monitoring}))
+    rec = run_stack("dev", {"monitoring": monitoring})
+    compose = _compose(rec)
     services, configs = compose["services"], compose["configs"]
     alertmanager = services["alertmanager"]
     assert alertmanager["image"] == "prom/alertmanager:v0.28.1" and alertmanager["ports"] == ["127.0.0.1:9093:9093"]
@@ -217,15 +232,35 @@ def test_receivers_add_an_alertmanager_on_loopback(tmp_path: Path) -> None:
     assert [r["receiver"] for r in config["route"]["routes"]] == ["ops-webhook", "ops-mail"]
     assert all(r["continue"] for r in config["route"]["routes"])
     receivers = {r["name"]: r for r in config["receivers"]}
-    assert receivers["ops-webhook"]["webhook_configs"][0]["url"] == "https://hooks.example.com/alerts"
     assert receivers["ops-mail"]["email_configs"][0]["to"] == "ops@example.com"
-    amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip("amtool not installed (Debian package `prometheus-alertmanager`)")
+    # The webhook URL is a credential: Alertmanager reads it from the Compose secret the boot script
+    # fetched from Key Vault into tmpfs.
+    webhook = receivers["ops-webhook"]["webhook_configs"][0]
+    assert "url" not in webhook and webhook["url_file"] == "/run/secrets/ops-webhook"
+    assert alertmanager["secrets"] == [{"source": "webhook-ops-webhook", "target": "ops-webhook"}]
+    assert compose["secrets"]["webhook-ops-webhook"] == {"file": "/run/slm-serving/secrets/webhook_ops-webhook"}
+    assert alertmanager["group_add"] == ["10001"]  # the group the tmpfs secrets belong to
+    custom_data = decode_custom_data(rec.one(VM).plain["osProfile"]["customData"])
+    assert "fetch webhook_ops-webhook alert-webhook-ops-webhook" in custom_data
+    stored = rec.one("azure-native:keyvault:Secret", "alert-webhook-ops-webhook").inputs
+    assert stored["secretName"] == "alert-webhook-ops-webhook"
+    assert isinstance(stored["properties"]["value"], Secret) and stored["properties"]["value"].value == url
+    # Nowhere else in plain text: not in the custom data (the Compose file is inside it), not in any
+    # resource's plain inputs, not in an export.
+    assert "hooks.example.com" not in custom_data
+    for resource in rec.resources:
+        assert "hooks.example.com" not in json.dumps(redact(resource.inputs), default=str), resource.name
+    assert "hooks.example.com" not in json.dumps(redact(rec.exports), default=str)
+    amtool = _amtool_with_url_file()
+    # amtool loads the file url_file names: the rendered config, with the secret where Compose mounts it.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "ops-webhook").write_text(url)
     path = tmp_path / "alertmanager.yml"
-    path.write_text(configs["alertmanager"]["content"].replace("$$", "$"))
+    path.write_text(configs["alertmanager"]["content"].replace("$$", "$").replace("/run/secrets/", f"{secrets}/"))
     result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "receivers" in result.stdout
 
 
 def test_grafana_password_is_generated_kept_secret_and_read_from_a_file(rendered: Any) -> None:

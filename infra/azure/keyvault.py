@@ -1,5 +1,5 @@
-"""Key Vault with RBAC authorization that holds the Hugging Face token and the generated secrets
-(API keys, passwords).
+"""Key Vault with RBAC authorization that holds the Hugging Face token, the generated secrets (API
+keys, passwords) and other configured credentials (alert webhook URLs).
 
 Reachable only from the stack's subnets (service endpoints) and trusted Azure services; the token is
 written through the management plane, so the deployer needs no data-plane role.
@@ -23,6 +23,11 @@ def api_key_secret(client: str) -> str:
     return f"api-key-{client}"
 
 
+def webhook_secret(receiver: str) -> str:
+    """The Key Vault secret holding one alert receiver's webhook URL (Slack and Teams put the token in it)."""
+    return f"alert-webhook-{receiver}"
+
+
 @dataclass(frozen=True)
 class SecretVaultArgs:
     resource_group_name: pulumi.Input[str]
@@ -38,6 +43,8 @@ class SecretVaultArgs:
     # Secrets the stack generates (infra/api_keys.py) for workloads to read at start,
     # e.g. Grafana's admin password; exposed as `generated[name]`.
     generated_secrets: tuple[str, ...] = ()
+    # Secrets from the config, stored as given (secret name -> value), e.g. alert webhook URLs.
+    provided_secrets: tuple[tuple[str, pulumi.Output[str]], ...] = ()
 
 
 class SecretVault(pulumi.ComponentResource):
@@ -72,7 +79,8 @@ class SecretVault(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         self.generated = {secret: api_keys.issue(f"{name}-{secret}-value", self) for secret in args.generated_secrets}
-        for secret_name, value in {HF_TOKEN_SECRET: args.hf_token, **self.generated}.items():
+        stored = {HF_TOKEN_SECRET: args.hf_token, **dict(args.provided_secrets), **self.generated}
+        for secret_name, value in stored.items():
             keyvault.Secret(
                 f"{name}-{secret_name}",
                 resource_group_name=args.resource_group_name,

@@ -25,7 +25,11 @@ class Foundation:
 
 
 def foundation(
-    cfg: StackConfig, tags: Mapping[str, str], subnets: dict[str, SubnetSpec], generated_secrets: tuple[str, ...] = ()
+    cfg: StackConfig,
+    tags: Mapping[str, str],
+    subnets: dict[str, SubnetSpec],
+    generated_secrets: tuple[str, ...] = (),
+    provided_secrets: tuple[tuple[str, pulumi.Output[str]], ...] = (),
 ) -> Foundation:
     s = cfg.settings
     name = f"slm-{cfg.stack}"
@@ -63,6 +67,7 @@ def foundation(
             purge_protection=s.purge_protection,
             hf_token=cfg.secrets.hf_token,
             generated_secrets=generated_secrets,
+            provided_secrets=provided_secrets,
             tags=dict(tags),
             protect=protect,
         ),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pulumi
 
-from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, api_key_secret
+from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, api_key_secret, webhook_secret
 from infra.azure.network import InboundRule, SubnetSpec
 from infra.azure.vm import ServingVm, ServingVmArgs
 from infra.config import StackConfig
@@ -25,7 +25,14 @@ def build(cfg: StackConfig, tags: Mapping[str, str]) -> Platform:
     subnet = SubnetSpec(str(s.network.vm_subnet), (InboundRule("ssh", 22, allowed), InboundRule("https", 443, allowed)))
     # The VM reads these at boot: Grafana's admin password, one API key per client (and Open WebUI's
     # session key when it runs).
-    base = foundation(cfg, tags, {"vm": subnet}, generated_secrets=vm_generated_secrets(s))
+    # Alert webhook URLs carry their service's token: Key Vault secrets the VM fetches like the rest,
+    # never in the Compose file or the custom data.
+    webhooks = tuple(
+        (webhook_secret(r.name), pulumi.Output.secret(r.webhook_url))
+        for r in s.monitoring.receivers
+        if r.webhook_url is not None
+    )
+    base = foundation(cfg, tags, {"vm": subnet}, generated_secrets=vm_generated_secrets(s), provided_secrets=webhooks)
     image_refs = own_images(cfg, base.registry.login_server)
     host = s.gateway.domain or azure_host(s, cfg.stack)
     vm = ServingVm(

@@ -16,7 +16,14 @@ from infra.config import StackSettings
 from infra.conventions import JOBS
 from infra.monitoring_files import alertmanager_config, dashboards, rule_files
 from infra.vm.caddy import PROXY_METRICS_PORT
-from infra.vm.secrets import GRAFANA_PASSWORD_FILE, SECRETS_GROUP, host_path
+from infra.vm.secrets import (
+    GRAFANA_PASSWORD_FILE,
+    MOUNTED_SECRETS,
+    SECRETS_GROUP,
+    host_path,
+    webhook_file,
+    webhook_receivers,
+)
 from infra.vm.services import hardened
 
 PROMETHEUS_IMAGE = images.PROMETHEUS
@@ -154,11 +161,21 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
 
 def _add_alertmanager(document: dict[str, Any], settings: StackSettings) -> None:
     """Alertmanager sends every alert to every configured receiver. Its configuration holds no secret:
-    webhook URLs are plain config, and email goes through the configured relay without credentials."""
-    document["configs"]["alertmanager"] = {"content": alertmanager_config(settings)}
+    each webhook URL is a Compose secret (fetched from Key Vault at boot) it reads with `url_file`, and
+    email goes through the configured relay without credentials."""
+    document["configs"]["alertmanager"] = {"content": alertmanager_config(settings, url_file_dir=MOUNTED_SECRETS)}
+    mounts = []
+    for receiver in webhook_receivers(settings):
+        # Named apart from the other Compose secrets; mounted at /run/secrets/<receiver>.
+        document["secrets"][f"webhook-{receiver}"] = {"file": host_path(webhook_file(receiver))}
+        mounts.append({"source": f"webhook-{receiver}", "target": receiver})
+    service: dict[str, Any] = {"image": ALERTMANAGER_IMAGE}
+    if mounts:
+        # The tmpfs secrets are readable by the shared group only.
+        service.update({"group_add": [SECRETS_GROUP], "secrets": mounts})
     document["services"]["alertmanager"] = hardened(
         {
-            "image": ALERTMANAGER_IMAGE,
+            **service,
             # One instance: no cluster listener (it would bind 0.0.0.0:9094 for peers).
             "command": [
                 "--config.file=/etc/alertmanager/alertmanager.yml",

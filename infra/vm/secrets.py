@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from infra.azure.keyvault import GRAFANA_PASSWORD_SECRET, HF_TOKEN_SECRET, WEBUI_SECRET_KEY_SECRET, api_key_secret
+from infra.azure.keyvault import (
+    GRAFANA_PASSWORD_SECRET,
+    HF_TOKEN_SECRET,
+    WEBUI_SECRET_KEY_SECRET,
+    api_key_secret,
+    webhook_secret,
+)
 from infra.backends.description import Backend
 from infra.config import StackSettings
 from infra.conventions import API_KEYS_FILE, HF_TOKEN_FILE, WORKLOAD_UID
@@ -38,12 +44,23 @@ def vm_generated_secrets(settings: StackSettings) -> tuple[str, ...]:
     return tuple(names)
 
 
+def webhook_file(receiver: str) -> str:
+    """The tmpfs file holding one alert receiver's webhook URL."""
+    return f"webhook_{receiver}"
+
+
+def webhook_receivers(settings: StackSettings) -> tuple[str, ...]:
+    """The receivers that have a webhook URL (each one a Key Vault secret and a file on the VM)."""
+    return tuple(r.name for r in settings.monitoring.receivers if r.webhook_url is not None)
+
+
 def vm_secret_files(settings: StackSettings) -> tuple[tuple[str, str], ...]:
     """Key Vault secret name -> file in the VM's tmpfs; the API keys all go into one file, a line each."""
     files = [
         (HF_TOKEN_SECRET, HOST_FILES[HF_TOKEN_FILE]),
         (GRAFANA_PASSWORD_SECRET, GRAFANA_PASSWORD_FILE),
         *((api_key_secret(c), HOST_FILES[API_KEYS_FILE]) for c in settings.gateway.api_key_clients),
+        *((webhook_secret(r), webhook_file(r)) for r in webhook_receivers(settings)),
     ]
     if settings.web_ui.enabled:
         files.append((WEBUI_SECRET_KEY_SECRET, WEBUI_SECRET_KEY_FILE))
