@@ -6,6 +6,8 @@ import copy
 import re
 from typing import Any
 
+import pytest
+
 from infra.azure import roles
 from infra.azure.gpu_pool import SPOT_TAINT
 from offline.recording import Secret
@@ -116,8 +118,9 @@ def test_cluster_access_is_entra_only(rendered: Any) -> None:
 def test_cluster_features(rendered: Any) -> None:
     cluster = rendered("prod").one(CLUSTER).plain
     assert cluster["oidcIssuerProfile"] == {"enabled": True}
-    assert cluster["securityProfile"]["workloadIdentity"] == {"enabled": True}
-    assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"]["enabled"] is True
+    # Nothing federates an identity or mounts the vault: both stay off (turned off on existing clusters).
+    assert cluster["securityProfile"]["workloadIdentity"] == {"enabled": False}
+    assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"] == {"enabled": False}
     assert cluster["addonProfiles"]["omsagent"]["enabled"] is True
     assert cluster["networkProfile"]["networkPolicy"] == "cilium"
     assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
@@ -140,9 +143,6 @@ def test_role_assignments_are_least_privilege(rendered: Any) -> None:
     assert acr["roleDefinitionId"].endswith(roles.ACR_PULL)
     assert acr["principalId"] == "33333333-3333-3333-3333-333333333333"  # the kubelet identity
     assert "containerregistry:Registry/slmprod-" in acr["scope"]
-    kv = by_name["slm-prod-kv-secrets-user"]
-    assert kv["roleDefinitionId"].endswith(roles.KEY_VAULT_SECRETS_USER)
-    assert "keyvault:Vault" in kv["scope"]
     # The control plane joins the gateway's load balancer to the subnet and to its static IP.
     for name, scope in (
         ("slm-prod-gateway-subnet-network-contributor", "network:Subnet/"),
@@ -152,11 +152,30 @@ def test_role_assignments_are_least_privilege(rendered: Any) -> None:
         assert scope in by_name[name]["scope"], by_name[name]["scope"]
     assert set(by_name) == {
         "slm-prod-acr-pull",
-        "slm-prod-kv-secrets-user",
         "slm-prod-deployer-admin",
         "slm-prod-gateway-subnet-network-contributor",
         "slm-prod-gateway-pip-network-contributor",
     }
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_only_an_identity_that_reads_the_vault_may(rendered: Any, stack: str) -> None:
+    """On AKS no workload reads Key Vault (pods get Kubernetes Secrets), so nothing may; on the VM the
+    one reader is the VM's identity, whose boot script fetches the secrets."""
+    rec = rendered(stack)
+    on_vault = [
+        r.plain
+        for r in rec.of_type("azure-native:authorization:RoleAssignment")
+        if "keyvault:Vault" in r.plain["scope"]
+    ]
+    if rec.of_type(CLUSTER):
+        assert on_vault == []
+    else:
+        # The VM's system-assigned identity (the recording mock gives it this principal).
+        assert rec.one("azure-native:compute:VirtualMachine").plain["identity"] == {"type": "SystemAssigned"}
+        assert [(a["roleDefinitionId"].rsplit("/", 1)[1], a["principalId"]) for a in on_vault] == [
+            (roles.KEY_VAULT_SECRETS_USER, "55555555-5555-5555-5555-555555555555")
+        ]
 
 
 def test_provider_gets_the_kubeconfig_as_a_secret(rendered: Any) -> None:

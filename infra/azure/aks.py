@@ -1,6 +1,9 @@
-"""AKS: Entra ID RBAC only, workload identity, Key Vault CSI, network policy, managed upgrades.
+"""AKS: Entra ID RBAC only, network policy, managed upgrades.
 
-Hands the cluster on as an explicit Kubernetes provider; the workloads never see Azure.
+Hands the cluster on as an explicit Kubernetes provider; the workloads never see Azure. They read
+their secrets from Kubernetes Secrets the stack writes (the same objects on any cluster), so neither
+the Key Vault CSI add-on nor workload identity is switched on: an identity nothing uses would only
+be one more reader of the vault.
 """
 
 from collections.abc import Mapping, Sequence
@@ -28,7 +31,6 @@ class KubernetesClusterArgs:
     subnet_id: pulumi.Input[str]
     log_analytics_workspace_id: pulumi.Input[str]
     registry_id: pulumi.Input[str]
-    key_vault_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
     subscription_id: pulumi.Input[str]
     deployer_object_id: pulumi.Input[str]
@@ -102,16 +104,16 @@ class KubernetesCluster(pulumi.ComponentResource):
                 "load_balancer_sku": "standard",
                 "outbound_type": "loadBalancer",
             },
+            # AKS cannot switch the issuer off once it is on (existing clusters have it); it grants nothing.
             oidc_issuer_profile={"enabled": True},
             security_profile={
-                "workload_identity": {"enabled": True},
+                # Off explicitly, so existing clusters turn it off: no workload federates an identity.
+                "workload_identity": {"enabled": False},
                 "image_cleaner": {"enabled": True, "interval_hours": 48},
             },
             addon_profiles={
-                "azureKeyvaultSecretsProvider": {
-                    "enabled": True,
-                    "config": {"enableSecretRotation": "true", "rotationPollInterval": "2m"},
-                },
+                # Off explicitly (see the module docstring): its identity and vault role went with it.
+                "azureKeyvaultSecretsProvider": {"enabled": False},
                 "omsagent": {
                     "enabled": True,
                     "config": {"logAnalyticsWorkspaceResourceID": args.log_analytics_workspace_id},
@@ -182,17 +184,6 @@ class KubernetesCluster(pulumi.ComponentResource):
             role_id=roles.ACR_PULL,
             principal_id=kubelet_object_id,
             scope=args.registry_id,
-            parent=self,
-        )
-        csi_object_id = cluster.addon_profiles.apply(
-            lambda addons: (addons or {})["azureKeyvaultSecretsProvider"].identity.object_id or ""  # type: ignore[union-attr]
-        )
-        roles.assign_role(
-            f"{name}-kv-secrets-user",
-            subscription_id=args.subscription_id,
-            role_id=roles.KEY_VAULT_SECRETS_USER,
-            principal_id=csi_object_id,
-            scope=args.key_vault_id,
             parent=self,
         )
         # The deployer (a person or the CI identity) applies the workloads through Entra RBAC.

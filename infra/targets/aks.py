@@ -50,7 +50,6 @@ def build(cfg: StackConfig, tags: Mapping[str, str]) -> Platform:
             subnet_id=base.network.subnet_ids["aks"],
             log_analytics_workspace_id=logs.workspace_id,
             registry_id=base.registry.id,
-            key_vault_id=base.vault.id,
             tenant_id=base.client.tenant_id,
             subscription_id=base.client.subscription_id,
             deployer_object_id=base.client.object_id,
