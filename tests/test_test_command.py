@@ -1,0 +1,106 @@
+"""The test command (scripts/test.py) gives a normal user the tools the suite runs for real.
+
+Its Debian-package step runs as an unprivileged user (uid 65534, `nobody`, when this suite runs as
+root; else as the current user) into a fresh folder: without root or sudo it downloads the packages
+from the configured Debian archive and extracts them, and promtool, prometheus, amtool and jq then
+run from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from offline.recording import PROJECT_ROOT
+
+NOBODY = 65534
+INSTALL = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("test_command", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+# Only the fresh folder counts as present: the tools this machine may have elsewhere are ignored.
+print(module.ensure_debian_packages(tools=Path(sys.argv[2]), path=str(Path(sys.argv[2]) / "bin")))
+"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    tools: Path
+    output: str
+    uid: int
+
+
+def _as_unprivileged() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): cannot drop to an unprivileged user")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Installed]:
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        pytest.skip("not a Debian-based system: the test command's Debian step does not apply")
+    home = Path(tempfile.mkdtemp(prefix="test-command-"))
+    home.chmod(0o777)  # the unprivileged user writes here
+    tools = home / "tools"
+    command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, str(PROJECT_ROOT / "scripts" / "test.py")]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [*command, str(tools)], cwd=home, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield Installed(tools, result.stdout, NOBODY if os.geteuid() == 0 else os.geteuid())
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _run(installed: Installed, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    program = installed.tools / "bin" / command[0]
+    assert program.is_file(), f"{command[0]} not installed into {installed.tools / 'bin'}: {installed.output}"
+    return subprocess.run([str(program), *command[1:]], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.mark.slow
+def test_a_normal_user_gets_the_tools_without_root(installed: Installed) -> None:
+    assert "not root and no sudo: extracting Debian packages" in installed.output
+    for package in ("prometheus", "prometheus-alertmanager", "jq"):
+        assert any((installed.tools / "debs").glob(f"{package}_*.deb")), package
+    for path in (installed.tools / "root", *(installed.tools / "bin").iterdir()):
+        assert path.stat().st_uid == installed.uid, f"{path} is not the unprivileged user's"
+    for command, name in (("promtool", "promtool"), ("prometheus", "prometheus"), ("amtool", "amtool")):
+        result = _run(installed, command, "--version")
+        assert result.returncode == 0 and (result.stdout + result.stderr).startswith(f"{name}, version"), result
+
+
+@pytest.mark.slow
+def test_the_extracted_tools_do_real_work(installed: Installed, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: Up\n        expr: up == 0\n")
+    checked = _run(installed, "promtool", "check", "rules", str(rules))
+    assert checked.returncode == 0 and "SUCCESS: 1 rules found" in checked.stdout, checked
+    alertmanager = tmp_path / "alertmanager.yml"
+    alertmanager.write_text("route:\n  receiver: r\nreceivers:\n  - name: r\n")
+    assert _run(installed, "amtool", "check-config", str(alertmanager)).returncode == 0
+    # jq's own library comes from the extracted packages, not from the system.
+    result = _run(installed, "jq", "-c", ".a", input=json.dumps({"a": [1, 2]}), env={**os.environ, "LD_DEBUG": "libs"})
+    assert result.returncode == 0 and result.stdout == "[1,2]\n", result
+    assert f"calling init: {installed.tools / 'root'}" in result.stderr and "libjq.so" in result.stderr
+
+
+def test_the_installed_set_includes_alertmanager() -> None:
+    text = (PROJECT_ROOT / "scripts" / "test.py").read_text()
+    assert '"prometheus-alertmanager": ("amtool",)' in text
+    assert ".tools/" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
