@@ -267,7 +267,8 @@ def test_vllm_reads_its_keys_and_token_from_files(rendered: Any) -> None:
     container = pod_spec(one(rendered("prod"), "Deployment", "vllm"))["containers"][0]
     script = container["command"][-1]
     assert "/var/run/secrets/slm/api-keys" in script and '--api-key "$@"' in script
-    assert "--enable-auto-tool-choice --tool-call-parser phi4_mini_json" in script
+    assert "--enable-auto-tool-choice --tool-parser-plugin /opt/slm/tool-calling/phi4_tool_parser.py" in script
+    assert "--tool-call-parser phi4_mini_markers" in script
     assert {"name": "HF_TOKEN_PATH", "value": "/var/run/secrets/slm/hf-token"} in container["env"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/dev/shm"]["name"] == "shm" and mounts["/var/run/secrets/slm"]["readOnly"] is True

@@ -150,6 +150,9 @@ class Backend:
     # Reaches the internet on 443 to download a model (the network policy allows it).
     downloads_models: bool = False
     preparation: Preparation | None = None
+    # File name -> content, mounted read-only at `files_mount` (vLLM's chat template and tool parser).
+    files: Mapping[str, str] = field(default_factory=dict)
+    files_mount: str | None = None
     # The stack's own images it needs built: (name, variant).
     own_images: tuple[tuple[str, str], ...] = ()
 

@@ -5,6 +5,7 @@ key to `--api-key` so no key is ever in a pod spec, a Compose file or a process 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from infra import images
 from infra.backends.description import Backend, Image, Metrics, Paths, Probes, Route, SecretFile, Volume, http_check
@@ -17,6 +18,18 @@ CACHE_SIZE_GB = 64
 SHM_SIZE = "2Gi"
 # vLLM 0.12 needs CUDA compute capability 7.0 (Volta) or newer.
 MIN_COMPUTE_CAPABILITY = 7.0
+# Our chat template and tool parser (vllm_files/), read at render time and mounted read-only: vLLM's
+# own phi4_mini_json parser looks for `functools[...]`, and without a template that writes the tools
+# into Phi-4-mini's system turn the model never sees them.
+FILES_DIR = Path(__file__).parent / "vllm_files"
+FILES_MOUNT = "/opt/slm/tool-calling"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+TOOL_PARSER_FILE = "phi4_tool_parser.py"
+TOOL_PARSER = "phi4_mini_markers"  # the name phi4_tool_parser.py registers
+
+
+def files() -> dict[str, str]:
+    return {name: (FILES_DIR / name).read_text() for name in (CHAT_TEMPLATE_FILE, TOOL_PARSER_FILE)}
 
 
 def served_models(config: VllmBackendConfig) -> tuple[str, ...]:
@@ -48,8 +61,15 @@ def vllm_arguments(config: VllmBackendConfig) -> list[str]:
     ]
     if config.quantization is not None:
         args += ["--quantization", config.quantization]
+    args += ["--chat-template", f"{FILES_MOUNT}/{CHAT_TEMPLATE_FILE}"]
     if config.tool_call_parser is not None:
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
+        args += [
+            "--enable-auto-tool-choice",
+            "--tool-parser-plugin",
+            f"{FILES_MOUNT}/{TOOL_PARSER_FILE}",
+            "--tool-call-parser",
+            config.tool_call_parser,
+        ]
     return args
 
 
@@ -90,4 +110,6 @@ def describe(config: VllmBackendConfig, paths: Paths, prefix: str) -> Backend:
         shm_size=SHM_SIZE,
         metrics=Metrics(job=backend_job(NAME), queue_metric="vllm:num_requests_waiting"),
         downloads_models=True,
+        files=files(),
+        files_mount=FILES_MOUNT,
     )

@@ -81,8 +81,9 @@ class VllmBackendConfig(BackendConfig):
     max_model_len: Annotated[int, Field(ge=256, le=131072)] = 16384
     gpu_memory_utilization: Annotated[float, Field(gt=0.1, le=0.98)] = 0.90
     max_num_seqs: Annotated[int, Field(ge=1, le=1024)] = 64
-    # Phi-4-mini emits tool calls as JSON after <|tool_call|>; vLLM's parser for it is phi4_mini_json.
-    tool_call_parser: str | None = "phi4_mini_json"
+    # Phi-4-mini writes tool calls as <|tool_call|>[...]<|/tool_call|>: our parser (shipped with the
+    # stack, infra/backends/vllm_files/) reads them; vLLM's phi4_mini_json looks for functools[...].
+    tool_call_parser: str | None = "phi4_mini_markers"
     quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = None
     dtype: Literal["auto", "half", "bfloat16", "float16"] = "auto"
     resources: ResourcesConfig = ResourcesConfig(cpu="4", memory="24Gi")

@@ -190,6 +190,9 @@ class BackendWorkload(pulumi.ComponentResource):
         if backend.secrets:
             volumes.append(self._secrets_volume(backend.secrets))
             mounts.append({"name": "secrets", "mount_path": SECRETS_MOUNT, "read_only": True})
+        if backend.files:
+            assert backend.files_mount is not None
+            self._files(backend.files, backend.files_mount, labels, volumes, mounts)
         volumes.append({"name": "tmp", "empty_dir": {}})
         mounts.append({"name": "tmp", "mount_path": "/tmp"})
         if backend.shm_size is not None:
@@ -244,6 +247,29 @@ class BackendWorkload(pulumi.ComponentResource):
             sources.append({"secret": {"name": source.secret, "items": [{"key": source.key, "path": f.file}]}})
         return {"name": name, "projected": {"sources": sources, "default_mode": 0o400}}
 
+    def _files(
+        self,
+        files: Mapping[str, str],
+        mount: str,
+        labels: dict[str, str],
+        volumes: list[k8s.core.v1.VolumeArgsDict],
+        mounts: list[k8s.core.v1.VolumeMountArgsDict],
+    ) -> k8s.core.v1.ConfigMap:
+        """A ConfigMap of plain files, mounted read-only at `mount`."""
+        folder = PurePosixPath(mount).name
+        files_name = f"{self._backend.name}-{folder}"
+        config_map = k8s.core.v1.ConfigMap(
+            f"{self._name}-{folder}",
+            metadata={"name": files_name, "namespace": self._platform.namespace, "labels": labels},
+            data=dict(files),
+            opts=self._child,
+        )
+        volumes.append(
+            {"name": "files", "config_map": {"name": config_map.metadata.apply(lambda m: m.name or files_name)}}
+        )
+        mounts.append({"name": "files", "mount_path": mount, "read_only": True})
+        return config_map
+
     def _wait_for(self, prep: Preparation) -> k8s.core.v1.ContainerArgsDict:
         """Init container: the server starts only once the preparation wrote its ready file."""
         volume = self._backend.volumes[0]
@@ -273,18 +299,7 @@ class BackendWorkload(pulumi.ComponentResource):
         depends: list[pulumi.Resource] = list(claims)
         if prep.files:
             assert prep.files_mount is not None
-            files_name = f"{backend.name}-{PurePosixPath(prep.files_mount).name}"
-            files = k8s.core.v1.ConfigMap(
-                f"{self._name}-{PurePosixPath(prep.files_mount).name}",
-                metadata={"name": files_name, "namespace": platform.namespace, "labels": labels},
-                data=dict(prep.files),
-                opts=child,
-            )
-            depends.append(files)
-            volumes.append(
-                {"name": "files", "config_map": {"name": files.metadata.apply(lambda m: m.name or files_name)}}
-            )
-            mounts.append({"name": "files", "mount_path": prep.files_mount, "read_only": True})
+            depends.append(self._files(prep.files, prep.files_mount, labels, volumes, mounts))
         if prep.secrets:
             volumes.append(self._secrets_volume(prep.secrets))
             mounts.append({"name": "secrets", "mount_path": SECRETS_MOUNT, "read_only": True})

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra import images
+from infra import images, open_webui
 from infra.backends import registry
 from infra.backends.description import Backend, Image, Paths, Preparation, SecretFile
 from infra.config import StackSettings
@@ -144,6 +144,17 @@ def _entry(service: dict[str, Any], command: tuple[str, ...] | None, args: tuple
         service["command"] = list(args)
 
 
+def _configs(document: dict[str, Any], owner: str, files: Mapping[str, str], mount: str) -> list[dict[str, str]]:
+    """Plain files as Compose configs (read-only in the container) at `mount`/<name>."""
+    folder = PurePosixPath(mount).name
+    mounts = []
+    for file_name, content in files.items():
+        config = f"{owner}-{folder}-{file_name}"
+        document["configs"][config] = {"content": content}
+        mounts.append({"source": config, "target": f"{mount}/{file_name}"})
+    return mounts
+
+
 def _add_backend(document: dict[str, Any], backend: Backend, image: Any) -> None:
     service: dict[str, Any] = {"image": image(backend.image), "user": USER}
     _entry(service, backend.command, backend.args)
@@ -155,6 +166,9 @@ def _add_backend(document: dict[str, Any], backend: Backend, image: Any) -> None
             "tmpfs": ["/tmp"],
         }
     )
+    if backend.files:
+        assert backend.files_mount is not None
+        service["configs"] = _configs(document, backend.name, backend.files, backend.files_mount)
     if backend.shm_size is not None:
         # PyTorch's inter-process tensors (a private IPC namespace, not the host's).
         service["shm_size"] = compose_size(backend.shm_size) + "b"
@@ -178,13 +192,7 @@ def _add_preparation(document: dict[str, Any], backend: Backend, prep: Preparati
         service["secrets"] = _secrets(document, prep.secrets)
     if prep.files:
         assert prep.files_mount is not None
-        folder = PurePosixPath(prep.files_mount).name
-        mounts = []
-        for file_name, content in prep.files.items():
-            config = f"{backend.name}-{folder}-{file_name}"
-            document["configs"][config] = {"content": content}
-            mounts.append({"source": config, "target": f"{prep.files_mount}/{file_name}"})
-        service["configs"] = mounts
+        service["configs"] = _configs(document, backend.name, prep.files, prep.files_mount)
     service["volumes"] = _volumes(backend, read_write=True)[:1]
     service["tmpfs"] = ["/tmp"]
     r = prep.resources
@@ -200,39 +208,39 @@ def _add_web_ui(document: dict[str, Any], backends: list[Backend]) -> None:
     document["secrets"][WEBUI_SECRET] = {"file": host_path(WEBUI_SECRET_KEY_FILE)}
     keys = ";".join(["$OPENAI_KEY"] * len(backends))
     script = (
-        f'OPENAI_KEY="$(head -n 1 {MOUNTED_SECRETS}/{API_KEYS_FILE})"; '
-        f'[ -n "$OPENAI_KEY" ] || {{ echo "no API key in {MOUNTED_SECRETS}/{API_KEYS_FILE}" >&2; exit 1; }}; '
-        "export OPENAI_KEY; "
-        f'OPENAI_API_KEYS="{keys}"; export OPENAI_API_KEYS; '
-        f'WEBUI_SECRET_KEY="$(cat {MOUNTED_SECRETS}/{WEBUI_SECRET})"; export WEBUI_SECRET_KEY; '
-        "exec bash /app/backend/start.sh"
+        "set -eu\n"
+        f'OPENAI_KEY="$(head -n 1 {MOUNTED_SECRETS}/{API_KEYS_FILE})"\n'
+        f'[ -n "$OPENAI_KEY" ] || {{ echo "no API key in {MOUNTED_SECRETS}/{API_KEYS_FILE}" >&2; exit 1; }}\n'
+        f'export OPENAI_API_KEYS="{keys}"\n'
+        f'export WEBUI_SECRET_KEY="$(cat {MOUNTED_SECRETS}/{WEBUI_SECRET})"\n' + open_webui.serve()
     )
-    # Exceptions to the hardening: the image runs as root and writes into its own app folder at start
-    # (static files, its secret-key file), so the root filesystem stays writable; capabilities are
-    # dropped all the same.
-    document["services"]["webui"] = {
-        "image": OPEN_WEBUI_IMAGE,
-        "entrypoint": ["/bin/sh", "-c", script],
-        "environment": {
-            "WEBUI_AUTH": "True",
-            "ENABLE_OLLAMA_API": "False",
-            "OPENAI_API_BASE_URLS": urls,
-            "PORT": str(WEBUI_PORT),
-            "SCARF_NO_ANALYTICS": "true",
-            "DO_NOT_TRACK": "true",
-            "ANONYMIZED_TELEMETRY": "false",
-        },
-        "secrets": [API_KEYS_FILE, WEBUI_SECRET],
-        "volumes": [f"{DATA_DIR}/{WEBUI_FOLDER}:/app/backend/data"],
-        "read_only": False,
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
-        "healthcheck": {
-            "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{WEBUI_PORT}/health"],
-            "interval": "30s",
-            "timeout": "10s",
-            "retries": 3,
-            "start_period": "5m",
-        },
-        "restart": "unless-stopped",
-    }
+    # As on Kubernetes: the workload user, a read-only root filesystem, and writable only its data
+    # folder and the tmpfs mounts (infra/open_webui.py says what it writes where).
+    document["services"]["webui"] = hardened(
+        {
+            "image": OPEN_WEBUI_IMAGE,
+            "user": USER,
+            "entrypoint": ["/bin/sh", "-c", script],
+            "environment": {
+                **open_webui.ENV,
+                "WEBUI_AUTH": "True",
+                "ENABLE_OLLAMA_API": "False",
+                "OPENAI_API_BASE_URLS": urls,
+                "PORT": str(WEBUI_PORT),
+                "SCARF_NO_ANALYTICS": "true",
+                "DO_NOT_TRACK": "true",
+                "ANONYMIZED_TELEMETRY": "false",
+            },
+            "secrets": [API_KEYS_FILE, WEBUI_SECRET],
+            "volumes": [f"{DATA_DIR}/{WEBUI_FOLDER}:{open_webui.DATA_DIR}"],
+            "tmpfs": [open_webui.TMP_DIR, open_webui.STATIC_DIR],
+            "healthcheck": {
+                "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{WEBUI_PORT}/health"],
+                "interval": "30s",
+                "timeout": "10s",
+                "retries": 3,
+                "start_period": "5m",
+            },
+            "restart": "unless-stopped",
+        }
+    )
