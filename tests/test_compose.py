@@ -314,7 +314,7 @@ def test_vllm_arguments_come_from_the_config_and_its_key_from_a_file() -> None:
     assert value("--gpu-memory-utilization") == "0.9" and value("--max-num-seqs") == "64"
     default = interpolated(render())["services"]["vllm"]
     tool = vllm_serve(default)
-    assert tool[tool.index("--tool-call-parser") + 1] == "phi4_mini_json" and "--quantization" not in tool
+    assert tool[tool.index("--tool-call-parser") + 1] == "phi4_mini_markers" and "--quantization" not in tool
     # Every key from the mounted file goes to --api-key; none is in the file or the environment.
     assert "VLLM_API_KEY" not in default["environment"] and tool[-2:] == ["--api-key", "$@"]
     script = default["entrypoint"][2]
