@@ -50,6 +50,10 @@ DEBIAN_PACKAGES = {
     "prometheus-alertmanager": ("amtool",),  # the rendered Alertmanager config
     "jq": ("jq",),  # the VM's boot script
 }
+# Commands the tests need newer than some Debian releases ship (amtool: webhook `url_file` is
+# Alertmanager 0.26). An older one is replaced by the next Debian release's package, extracted.
+MINIMUM_VERSIONS = {"amtool": (0, 26)}
+NEXT_DEBIAN_RELEASE = {"bullseye": "bookworm", "bookworm": "trixie"}
 # Without root or password-less sudo, packages are extracted here and its bin/ goes first on PATH.
 TOOLS = ROOT / ".tools"
 # Shared libraries the extracted commands may need; never libc (the system's own is used) nor the
@@ -80,7 +84,7 @@ def _apt_install(packages: list[str], prefix: list[str]) -> None:
             print(f"[test] apt-get could not install {package}", flush=True)
 
 
-def _library_deps(packages: list[str]) -> list[str]:
+def _library_deps(packages: list[str], apt_options: list[str]) -> list[str]:
     """The packages plus, recursively, the shared-library packages they depend on."""
     seen: list[str] = []
     queue = list(packages)
@@ -90,7 +94,7 @@ def _library_deps(packages: list[str]) -> list[str]:
             continue
         seen.append(package)
         result = subprocess.run(
-            ["apt-cache", "depends", "--important", package], capture_output=True, text=True, check=False
+            ["apt-cache", *apt_options, "depends", "--important", package], capture_output=True, text=True, check=False
         )
         for line in result.stdout.splitlines():
             kind, _, name = line.strip().lstrip("|").partition(": ")
@@ -107,21 +111,89 @@ def _wrapper(root: Path, program: Path) -> str:
     return f'#!/bin/sh\nLD_LIBRARY_PATH="{joined}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" exec "{program}" "$@"\n'
 
 
-def extract_debian_packages(packages: dict[str, tuple[str, ...]], tools: Path) -> None:
+def _version(command: str, path: str) -> tuple[int, ...] | None:
+    program = shutil.which(command, path=path)
+    if program is None:
+        return None
+    result = subprocess.run([program, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"version (\d+)\.(\d+)", result.stdout + result.stderr)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _too_old(packages: dict[str, tuple[str, ...]], path: str) -> list[str]:
+    old: list[str] = []
+    for package, commands in packages.items():
+        for command in commands:
+            version, minimum = _version(command, path), MINIMUM_VERSIONS.get(command)
+            if minimum and version is not None and version < minimum:
+                old.append(package)
+    return old
+
+
+def _next_release_apt(tools: Path) -> list[str] | None:
+    """apt options for a private package list of the next Debian release (same mirror and keyring
+    as the system's), so `apt-get download` can fetch from it without root; None if unknown."""
+    release = {}
+    os_release = Path("/etc/os-release")
+    if os_release.exists():
+        release = dict(
+            line.split("=", 1) for line in os_release.read_text().splitlines() if "=" in line and line[0] != "#"
+        )
+    codename = release.get("VERSION_CODENAME", "").strip('"')
+    suite = NEXT_DEBIAN_RELEASE.get(codename)
+    sources = Path("/etc/apt/sources.list.d/debian.sources")
+    uri = next(
+        (
+            line.split()[1]
+            for line in (sources.read_text() if sources.exists() else "").splitlines()
+            if line.startswith("URIs:") and line.rstrip().endswith("/debian")
+        ),
+        None,
+    )
+    if suite is None or uri is None:
+        return None
+    state = tools / "apt"
+    for folder in (state / "lists" / "partial", state / "cache" / "archives" / "partial", state / "sources"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (state / "sources" / f"{suite}.sources").write_text(
+        f"Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    options = [
+        f"-oDir::State::Lists={state / 'lists'}",
+        f"-oDir::Cache={state / 'cache'}",
+        "-oDir::Etc::SourceList=/dev/null",
+        f"-oDir::Etc::SourceParts={state / 'sources'}",
+        "-oDebug::NoLocking=1",  # a private list: the system's lock is not ours to take
+    ]
+    result = subprocess.run(["apt-get", *options, "update", "-qq"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"[test] could not read Debian {suite}'s package list: {' '.join(result.stderr.split())[:300]}")
+        return None
+    print(f"[test] using Debian {suite}'s packages for commands this release ships too old", flush=True)
+    return options
+
+
+def extract_debian_packages(
+    packages: dict[str, tuple[str, ...]], tools: Path, apt_options: list[str] | None = None
+) -> None:
     """`apt-get download` (no root needed) and `dpkg-deb -x` into tools/root; a wrapper per command in
     tools/bin sets the library path."""
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb") and shutil.which("apt-cache")):
         print("[test] apt-get, apt-cache or dpkg-deb missing: cannot download Debian packages", flush=True)
         return
-    debs, root, bin_dir = tools / "debs", tools / "root", tools / "bin"
+    options = apt_options or []
+    # One folder per archive, so only this call's packages are extracted (a newer one over an older).
+    debs = tools / "debs" / ("next-release" if options else "system")
+    root, bin_dir = tools / "root", tools / "bin"
     for folder in (debs, root, bin_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    names = _library_deps(list(packages))
-    print(f"[test] not root and no sudo: extracting Debian packages {' '.join(names)} into {tools}", flush=True)
+    names = _library_deps(list(packages), options)
+    print(f"[test] extracting Debian packages {' '.join(names)} into {tools} (no root needed)", flush=True)
     for name in names:
         # One at a time: a package the archive lacks must not stop the others.
         result = subprocess.run(
-            ["apt-get", "download", "-qq", name], cwd=debs, capture_output=True, text=True, check=False
+            ["apt-get", *options, "download", "-qq", name], cwd=debs, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
             print(f"[test] apt-get download {name} failed: {' '.join(result.stderr.split())[:300]}", flush=True)
@@ -155,6 +227,14 @@ def ensure_debian_packages(
     if missing:
         extract_debian_packages({p: packages[p] for p in missing}, tools)
         missing = _missing(packages, search)
+    old = _too_old(packages, search)
+    if old:
+        options = _next_release_apt(tools)
+        if options is not None:
+            extract_debian_packages({p: packages[p] for p in old}, tools, options)
+    for package in _too_old(packages, search):
+        minimum = ", ".join(".".join(map(str, MINIMUM_VERSIONS[c])) for c in packages[package] if c in MINIMUM_VERSIONS)
+        print(f"[test] {package} is older than {minimum}: the tests that need that will skip", flush=True)
     for package in missing:
         print(f"[test] {package} ({', '.join(packages[package])}) not installed: its tests will skip", flush=True)
     return bin_dir
