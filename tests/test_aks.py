@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.azure import roles
 from infra.azure.gpu_pool import SPOT_TAINT
+from infra.azure.vm import decode_custom_data
 from offline.recording import Secret
 from tests.conftest import run_stack, stack_value
 
@@ -191,3 +193,56 @@ def test_first_preview_does_not_need_the_cluster(rendered: Any) -> None:
     rec = rendered("prod", True)
     assert isinstance(rec.exports["kubeconfig"], Secret)
     assert rec.one("kubernetes:core/v1:Namespace", "slm-prod-ns")
+
+
+_WORKLOADS = (
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:apps/v1:DaemonSet",
+    "kubernetes:batch/v1:Job",
+)
+
+
+def _writable(paths: list[str]) -> set[str]:
+    return {p.split(":")[1] if ":" in p else p for p in paths}
+
+
+def test_every_pod_runs_as_non_root_and_open_webui_as_on_the_vm() -> None:
+    """Every pod the stack renders (Helm charts' own pods are the policy pack's) runs as non-root;
+    Open WebUI has a read-only root filesystem with the same writable paths as on the VM."""
+    rec = run_stack("prod", {"webUi": {"enabled": True}})
+    pods = [(r.name, r.plain["spec"]["template"]["spec"]) for kind in _WORKLOADS for r in rec.of_type(kind)]
+    assert len(pods) >= 3
+    for name, pod in pods:
+        pod_context = pod.get("securityContext", {})
+        assert pod_context.get("runAsUser", 10001) != 0, name
+        for container in [*pod["containers"], *pod.get("initContainers", [])]:
+            context = container.get("securityContext", {})
+            assert pod_context.get("runAsNonRoot") is True or context.get("runAsNonRoot") is True, container["name"]
+            assert context.get("runAsUser", 10001) != 0, container["name"]
+            assert context.get("readOnlyRootFilesystem") is True, container["name"]
+    web_ui = next(pod for name, pod in pods if name.endswith("web-ui-deployment"))
+    container = web_ui["containers"][0]
+    assert web_ui["securityContext"]["runAsUser"] == 10001
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/app/backend/data", "/app/backend/static", "/tmp"}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["STATIC_DIR"] == "/app/backend/static" and env["DATA_DIR"] == "/app/backend/data"
+    # start.sh writes into the read-only app folder (its log, a generated key): not used.
+    script = container["command"][2]
+    assert "start.sh" not in script and "exec uvicorn open_webui.main:app" in script
+    vm = yaml.safe_load(
+        yaml.safe_load(
+            decode_custom_data(
+                run_stack("dev", {"webUi": {"enabled": True}})
+                .one("azure-native:compute:VirtualMachine")
+                .plain["osProfile"]["customData"]
+            )
+        )["write_files"][0]["content"]
+    )["services"]["webui"]
+    assert vm["read_only"] is True and vm["user"] == "10001:10001"
+    assert _writable(vm["tmpfs"]) | _writable(vm["volumes"]) == writable
+    assert {k: vm["environment"][k] for k in ("HOME", "DATA_DIR", "STATIC_DIR")} == {
+        k: env[k] for k in ("HOME", "DATA_DIR", "STATIC_DIR")
+    }
+    assert vm["entrypoint"][2].endswith(script[script.index("cp -R") :].replace("$", "$$"))

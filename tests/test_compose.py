@@ -285,9 +285,9 @@ def test_services_are_hardened_and_exceptions_are_the_documented_ones() -> None:
     services = render({"webUi": {"enabled": True}})["services"]
     for name, service in services.items():
         assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"], name
-        assert service.get("read_only") is (name != "webui"), name
+        assert service.get("read_only") is True, name
         assert service.get("privileged") is not True and service.get("ipc") != "host", name
-    unprivileged = {"vllm", "ollama", "ollama-pull", "onnx", "convert", "proxy"}
+    unprivileged = {"vllm", "ollama", "ollama-pull", "onnx", "convert", "proxy", "webui"}
     assert all(services[n]["user"] == "10001:10001" for n in unprivileged)
     assert services["proxy"]["cap_add"] == ["NET_BIND_SERVICE"]
     # Backend volumes are data-disk folders named after the claim; only the preparation writes the model.
@@ -590,7 +590,7 @@ def test_boot_creates_the_data_folders(rendered: Any) -> None:
             if source.startswith("/var/lib/slm-serving/"):
                 folder = source.removeprefix("/var/lib/slm-serving/")
                 assert service["user"] == f"{folders[folder]}:{folders[folder]}", (name, volume)
-    assert dict(data_folders(described(settings_for()), web_ui=True))["webui"] == 0  # Open WebUI runs as root
+    assert dict(data_folders(described(settings_for()), web_ui=True))["webui"] == 10001  # as every service
 
 
 # --- Modelfiles --------------------------------------------------------------------------------

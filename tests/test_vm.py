@@ -284,3 +284,28 @@ def test_custom_data_is_compressed_within_azures_limit(rendered: Any) -> None:
     encoded = rendered("dev").one(VM).plain["osProfile"]["customData"]
     assert len(encoded) < CUSTOM_DATA_LIMIT / 2  # headroom for more dashboards and services
     assert decode_custom_data(encoded).startswith("#cloud-config\n")
+
+
+# Services left as their image's root user, each with its reason (README, Security).
+ROOT_EXCEPTIONS = {"dcgm-exporter": "DCGM's host engine opens the NVIDIA devices and profiling counters"}
+
+
+def test_every_service_runs_as_a_non_root_user_with_a_read_only_root() -> None:
+    monitoring = {"receivers": [{"name": "ops", "webhookUrl": "https://hooks.example.com/alerts"}]}
+    compose = _compose(run_stack("dev", {"webUi": {"enabled": True}, "monitoring": monitoring}))
+    services = compose["services"]
+    assert {"webui", "alertmanager", "dcgm-exporter", "proxy", "prometheus", "grafana"} <= set(services)
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        # Stated, never the image's default by omission.
+        uid, _, gid = service["user"].partition(":")
+        if name in ROOT_EXCEPTIONS:
+            assert (uid, gid) == ("0", "0"), name
+        else:
+            assert int(uid) != 0 and int(gid) != 0, name
+    webui = services["webui"]
+    assert webui["user"] == "10001:10001" and webui["cap_drop"] == ["ALL"]
+    assert webui["volumes"] == ["/var/lib/slm-serving/webui:/app/backend/data"]
+    assert sorted(webui["tmpfs"]) == ["/app/backend/static", "/tmp"]
+    assert webui["environment"]["STATIC_DIR"] == "/app/backend/static"
+    assert "start.sh" not in webui["entrypoint"][2]

@@ -1,6 +1,8 @@
 """Open WebUI (optional, off by default): a chat UI pointed at every enabled backend's in-cluster
 OpenAI URL, with its own sign-in on. It reads its settings from the environment only, so a shell step
-exports the keys from mounted files at start; no key is ever in the pod spec."""
+exports the keys from mounted files at start; no key is ever in the pod spec. It runs as on the VM:
+the workload user, a read-only root filesystem, writable only its data volume and emptyDirs
+(infra/open_webui.py says what it writes where)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import images
+from infra import images, open_webui
 from infra.k8s.api_keys import BACKEND_KEYS_FILE
 from infra.k8s.pods import WORKLOAD_UID, restricted_container, restricted_pod, scanner_annotations
 from infra.k8s.volumes import model_claim
@@ -19,7 +21,7 @@ from infra.k8s.volumes import model_claim
 WEB_UI_NAME = "open-webui"
 WEB_UI_PORT = 8080
 SECRETS_MOUNT = "/var/run/secrets/slm"
-DATA_MOUNT = "/app/backend/data"
+DATA_MOUNT = open_webui.DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,7 @@ def start_script(backend_urls: Sequence[str]) -> str:
         "set -eu\n"
         f"key=$(grep -v '^#' {keys} | head -n 1)\n"
         f'export OPENAI_API_KEYS="{repeated}"\n'
-        f'export WEBUI_SECRET_KEY="$(cat {SECRETS_MOUNT}/session-key)"\n'
-        "exec bash start.sh\n"
+        f'export WEBUI_SECRET_KEY="$(cat {SECRETS_MOUNT}/session-key)"\n' + open_webui.serve()
     )
 
 
@@ -102,7 +103,7 @@ class WebUi(pulumi.ComponentResource):
                                 "image_pull_policy": "IfNotPresent",
                                 "command": ["/bin/bash", "-c", start_script(args.backend_urls)],
                                 "env": [
-                                    {"name": "HOME", "value": "/tmp"},
+                                    *({"name": k, "value": v} for k, v in open_webui.ENV.items()),
                                     {"name": "PORT", "value": str(WEB_UI_PORT)},
                                     {"name": "WEBUI_AUTH", "value": "True"},
                                     {"name": "ENABLE_SIGNUP", "value": "False"},
@@ -110,7 +111,6 @@ class WebUi(pulumi.ComponentResource):
                                     # Settings come from here on every start, not from the first start's database.
                                     {"name": "ENABLE_PERSISTENT_CONFIG", "value": "False"},
                                     {"name": "OPENAI_API_BASE_URLS", "value": ";".join(args.backend_urls)},
-                                    {"name": "DATA_DIR", "value": DATA_MOUNT},
                                     {"name": "SCARF_NO_ANALYTICS", "value": "true"},
                                     {"name": "DO_NOT_TRACK", "value": "true"},
                                     {"name": "ANONYMIZED_TELEMETRY", "value": "false"},
@@ -119,7 +119,8 @@ class WebUi(pulumi.ComponentResource):
                                 "volume_mounts": [
                                     {"name": "data", "mount_path": DATA_MOUNT},
                                     {"name": "secrets", "mount_path": SECRETS_MOUNT, "read_only": True},
-                                    {"name": "tmp", "mount_path": "/tmp"},
+                                    {"name": "tmp", "mount_path": open_webui.TMP_DIR},
+                                    {"name": "static", "mount_path": open_webui.STATIC_DIR},
                                 ],
                                 "resources": {
                                     "requests": {"cpu": "250m", "memory": "1Gi"},
@@ -171,6 +172,8 @@ class WebUi(pulumi.ComponentResource):
                                 },
                             },
                             {"name": "tmp", "empty_dir": {}},
+                            # The frontend's static files, copied in at every start.
+                            {"name": "static", "empty_dir": {"size_limit": "256Mi"}},
                         ],
                     },
                 },

@@ -190,11 +190,13 @@ def cloud_config(args: CloudInitArgs) -> str:
         )
         runcmd.append(["/usr/local/sbin/slm-install-nvidia-toolkit"])
     # The services' folders on the data disk, owned by the user each runs as (the converter writes
-    # models, the ONNX server reads them; Open WebUI runs as root).
-    runcmd += [
-        ["install", "-d", "-o", str(uid), "-g", str(uid), "-m", "0755", f"{DATA_DIR}/{folder}"]
-        for folder, uid in args.data_folders
-    ]
+    # models, the ONNX server reads them). The disk outlives the VM: what an older release wrote as
+    # root (Open WebUI's database) is handed to that user too.
+    for folder, uid in args.data_folders:
+        runcmd += [
+            ["install", "-d", "-o", str(uid), "-g", str(uid), "-m", "0755", f"{DATA_DIR}/{folder}"],
+            ["chown", "-R", f"{uid}:{uid}", f"{DATA_DIR}/{folder}"],
+        ]
     runcmd += [
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", SERVICE],

@@ -32,6 +32,9 @@ NODE_EXPORTER_IMAGE = images.NODE_EXPORTER
 DCGM_EXPORTER_IMAGE = images.DCGM_EXPORTER
 # Runs only when receivers are configured.
 ALERTMANAGER_IMAGE = images.ALERTMANAGER
+# The users the images are built for, stated so that none runs as root by omission.
+NOBODY = "65534:65534"
+GRAFANA_USER = "472:472"
 
 
 ALERTMANAGER_PORT = 9093
@@ -80,6 +83,7 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
     services["prometheus"] = hardened(
         {
             "image": PROMETHEUS_IMAGE,
+            "user": NOBODY,
             "command": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.retention.time=15d"],
             "configs": [{"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"}, *rule_mounts],
             "volumes": ["prometheus-data:/prometheus"],
@@ -113,6 +117,7 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
     services["grafana"] = hardened(
         {
             "image": GRAFANA_IMAGE,
+            "user": GRAFANA_USER,
             "group_add": [SECRETS_GROUP],
             "environment": {
                 "GF_SECURITY_ADMIN_PASSWORD__FILE": "/run/secrets/grafana_admin_password",
@@ -137,6 +142,8 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
     services["node-exporter"] = hardened(
         {
             "image": NODE_EXPORTER_IMAGE,
+            # Reads the host's /proc and root filesystem (read-only) without privileges.
+            "user": NOBODY,
             "command": ["--path.rootfs=/host"],
             "pid": "host",
             "volumes": ["/:/host:ro,rslave"],
@@ -147,6 +154,9 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
         services["dcgm-exporter"] = hardened(
             {
                 "image": DCGM_EXPORTER_IMAGE,
+                # The one service left as its image's root user: DCGM's host engine opens the NVIDIA
+                # devices and profiling counters (as the DCGM exporter chart runs it on Kubernetes).
+                "user": "0:0",
                 "deploy": {
                     "resources": {
                         "reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}
@@ -169,7 +179,7 @@ def _add_alertmanager(document: dict[str, Any], settings: StackSettings) -> None
         # Named apart from the other Compose secrets; mounted at /run/secrets/<receiver>.
         document["secrets"][f"webhook-{receiver}"] = {"file": host_path(webhook_file(receiver))}
         mounts.append({"source": f"webhook-{receiver}", "target": receiver})
-    service: dict[str, Any] = {"image": ALERTMANAGER_IMAGE}
+    service: dict[str, Any] = {"image": ALERTMANAGER_IMAGE, "user": NOBODY}
     if mounts:
         # The tmpfs secrets are readable by the shared group only.
         service.update({"group_add": [SECRETS_GROUP], "secrets": mounts})

@@ -68,12 +68,12 @@ def vm_secret_files(settings: StackSettings) -> tuple[tuple[str, str], ...]:
 
 
 def data_folders(backends: Sequence[Backend], web_ui: bool) -> tuple[tuple[str, int], ...]:
-    """Data-disk folders cloud-init creates, with their owners: every backend volume, the proxy's."""
+    """Data-disk folders cloud-init creates, with their owners: every backend volume, the proxy's and
+    Open WebUI's (every service runs as the workload user)."""
     folders = {v.claim: WORKLOAD_UID for b in backends for v in b.volumes}
     folders.update(dict.fromkeys(PROXY_FOLDERS, WORKLOAD_UID))
     if web_ui:
-        # Open WebUI's image runs as root.
-        folders[WEBUI_FOLDER] = 0
+        folders[WEBUI_FOLDER] = WORKLOAD_UID
     return tuple(folders.items())
 
 
