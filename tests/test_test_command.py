@@ -30,8 +30,9 @@ from pathlib import Path
 spec = importlib.util.spec_from_file_location("test_command", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
+packages = {p: module.DEBIAN_PACKAGES[p] for p in sys.argv[3:]} or module.DEBIAN_PACKAGES
 # Only the fresh folder counts as present: the tools this machine may have elsewhere are ignored.
-print(module.ensure_debian_packages(tools=Path(sys.argv[2]), path=str(Path(sys.argv[2]) / "bin")))
+print(module.ensure_debian_packages(packages, tools=Path(sys.argv[2]), path=str(Path(sys.argv[2]) / "bin")))
 """
 
 
@@ -113,3 +114,43 @@ def test_the_installed_set_includes_alertmanager() -> None:
     text = (PROJECT_ROOT / "scripts" / "test.py").read_text()
     assert '"prometheus-alertmanager": ("amtool",)' in text
     assert ".tools/" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_password_less_sudo_is_used_first() -> None:
+    """A stand-in for sudo (the real one, set up password-less, is what a GitHub runner has): it
+    answers `sudo -n true` and records the rest, refusing them so the download path still runs."""
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        pytest.skip("not a Debian-based system: the test command's Debian step does not apply")
+    home = Path(tempfile.mkdtemp(prefix="test-command-sudo-"))
+    try:
+        home.chmod(0o777)
+        fake = home / "fake-bin"
+        fake.mkdir()
+        (fake / "sudo").write_text(
+            f'#!/bin/sh\necho "$*" >> "{home}/sudo.log"\n[ "$*" = "-n true" ] && exit 0\nexit 1\n'
+        )
+        (fake / "sudo").chmod(0o755)
+        command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, str(PROJECT_ROOT / "scripts" / "test.py")]
+        env = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home)}
+        result = subprocess.run(
+            [*command, str(home / "tools"), "jq"],
+            check=False,
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        calls = (home / "sudo.log").read_text().splitlines()
+        assert calls[0] == "-n true"
+        apt = "-n env DEBIAN_FRONTEND=noninteractive apt-get"
+        assert f"{apt} install -y -qq --no-install-recommends jq" in calls, calls
+        assert "installing Debian packages jq with sudo" in result.stdout
+        version = subprocess.run(
+            [str(home / "tools" / "bin" / "jq"), "--version"], capture_output=True, text=True, check=False
+        )
+        assert version.stdout.startswith("jq-"), result.stdout
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
