@@ -48,7 +48,7 @@ def test_render_writes_every_object(stack: str, tmp_path: Path) -> None:
     # What a pull request's preview would post: the plan, the outputs and the policy pack's verdict.
     assert all(v == [] for v in json.loads((out / "policy.json").read_text()).values())
     preview = (out / "preview.md").read_text()
-    assert f"## Preview of `{stack}`" in preview and "All 7 policies pass." in preview
+    assert f"## Preview of `{stack}`" in preview and "All 8 policies pass" in preview
     assert f"**{summary['resources']} resources to create.**" in preview
     assert "policy pack: all policies pass" in result.stdout
 
