@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 import yaml
 
 from infra.azure.vm import decode_custom_data
-from infra.backends import registry
+from infra.backends import ollama, registry
 from infra.backends.modelfiles import modelfile
 from infra.config import NAMESPACE, ModelVariantConfig, StackSettings, _decode, cross_check
 from infra.endpoints import routes
@@ -445,7 +446,7 @@ def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
         guard, proxied = block.index("handle @no_api_key {"), block.index(f"reverse_proxy 127.0.0.1:{port} {{")
         assert guard < proxied and "401" in block[guard:proxied] and "flush_interval -1" in block
         # Only the backend's API paths are forwarded; any other path gets a JSON 404.
-        api_paths = ("/v1", "/api") if route.backend == "ollama" else ("/v1",)
+        api_paths = ollama.CLIENT_PATHS if route.backend == "ollama" else ("/v1",)
         assert route.paths == api_paths
         matcher = " ".join(p for path in api_paths for p in (path, f"{path}/*"))
         api = block.index(f"@api path {matcher}\n")
@@ -457,7 +458,7 @@ def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
         assert server.startswith("\tbind 127.0.0.1\n") and f"reverse_proxy {route.backend}:8000 {{" in server
         assert "flush_interval -1" in server and "import /run/secrets/upstream_auth_caddy" in server
     # Whatever no backend prefix matches goes to Open WebUI, which signs its users in itself.
-    catch_all = text[text.rindex("\thandle {") :]
+    catch_all = text[text.index("\t\thandle {\n\t\t\trequest_header") : text.index("handle_errors")]
     assert "@no_api_key" not in catch_all and "reverse_proxy webui:8080" in catch_all
     assert "respond 404" in caddyfile(settings_for())
     assert "tls internal" in text
@@ -670,7 +671,11 @@ def test_boot_script_writes_the_keys_and_the_proxys_files(fetched_secrets: Path)
     assert (fetched_secrets / "api_keys").read_text() == "KeyDefault1\nKeyCi2\n"
     assert (fetched_secrets / "hf_token").read_text() == "s3cret"
     matcher = (fetched_secrets / API_KEYS_CADDY_FILE).read_text()
-    assert 'header Authorization "Bearer KeyDefault1"' in matcher and 'header Authorization "Bearer KeyCi2"' in matcher
+    credentials = "`^(?i:bearer) +(KeyDefault1|KeyCi2)$`"
+    assert matcher == (
+        f"@api_key header_regexp Authorization {credentials}\n"
+        f"@no_api_key not header_regexp Authorization {credentials}\n"
+    )
     assert (fetched_secrets / UPSTREAM_AUTH_CADDY_FILE).read_text() == 'header_up Authorization "Bearer KeyDefault1"\n'
     group = 10001 if os.geteuid() == 0 else os.getegid()
     if os.geteuid() != 0:
@@ -688,13 +693,32 @@ def _free_port() -> int:
 
 
 class _Echo(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"path": self.path, "authorization": self.headers.get("Authorization")}).encode()
+    """Stands in for every backend and Open WebUI: answers with what it received. A path ending in a
+    slash is redirected as Starlette's redirect_slashes does (absolute, http://, the Host it got)."""
+
+    seen: list[str] = []  # noqa: RUF012 (the paths every echo server received, in order)
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        _Echo.seen.append(self.path)
+        if self.path.endswith("/") and self.path != "/":
+            self.send_response(307)
+            self.send_header("Location", f"http://{self.headers['Host']}{self.path.rstrip('/')}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body = json.dumps(
+            {"path": self.path, "authorization": self.headers.get("Authorization"), "headers": headers}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _answer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -717,24 +741,44 @@ class RunningProxy:
     url: str
     metrics: str
     version: tuple[int, int]
+    port: int
+    # Caddy's own data and configuration folders ($XDG_DATA_HOME, $XDG_CONFIG_HOME).
+    home: Path
 
 
-@pytest.fixture
-def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProxy]:
-    """The rendered Caddyfile run by a local Caddy on loopback, backends replaced by an echo server."""
-    caddy, version = _caddy()
+PUBLIC_HOST = "vm.example"
+# The timeouts, shortened so a test sees them fire (the rendered values are checked statically).
+SHORT_TIMEOUTS = {
+    f"response_header_timeout {caddy.RESPONSE_HEADER_TIMEOUT}": "response_header_timeout 2s",
+    f"response_header_timeout {caddy.OUTER_RESPONSE_HEADER_TIMEOUT}": "response_header_timeout 4s",
+    f"read_body {caddy.READ_BODY_TIMEOUT}": "read_body 2s",
+    f"read_header {caddy.READ_HEADER_TIMEOUT}": "read_header 2s",
+}
+
+
+@contextmanager
+def _proxy_running(secrets: Path, tmp_path: Path, upstreams: dict[str, int] | None = None) -> Iterator[RunningProxy]:
+    """The rendered Caddyfile run by a local Caddy on loopback (ports and secret paths rewritten, the
+    timeouts shortened); each backend and Open WebUI replaced by an echo server, or by the port
+    `upstreams` names for it."""
+    caddy_bin, version = _caddy()
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    https, http, health, metrics = _free_port(), _free_port(), _free_port(), _free_port()
-    text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}))
+    https, http, health, metrics, ask = _free_port(), _free_port(), _free_port(), _free_port(), _free_port()
+    text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}), PUBLIC_HOST)
     text = text.replace("https_port 8443", f"https_port {https}").replace("http_port 8080", f"http_port {http}")
     text = text.replace(":8443 {", f":{https} {{\n\tbind 127.0.0.1").replace("8081", str(health))
+    text = text.replace(f":{caddy.PROXY_ASK_PORT}", f":{ask}")
     text = text.replace(f":{PROXY_METRICS_PORT} {{", f":{metrics} {{\n\tbind 127.0.0.1")
+    for old, new in SHORT_TIMEOUTS.items():
+        text = text.replace(old, new)
     for port in (backend_server_port(name) for name in registry.names()):
         text = text.replace(f":{port}", f":{_free_port()}")
-    text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", f"127.0.0.1:{upstream.server_port}", text)
+    ports = {"vllm": upstream.server_port, "ollama": upstream.server_port, "onnx": upstream.server_port}
+    ports |= {"webui": upstream.server_port, **(upstreams or {})}
+    text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", lambda m: f"127.0.0.1:{ports[m.group(1)]}", text)
     for name in (API_KEYS_CADDY_FILE, UPSTREAM_AUTH_CADDY_FILE):
-        text = text.replace(f"/run/secrets/{caddy_secret(name)}", str(fetched_secrets / name))
+        text = text.replace(f"/run/secrets/{caddy_secret(name)}", str(secrets / name))
     if version < (2, 9):
         # Debian's Caddy 2.6 predates server names and the `metrics` option (the image runs 2.10).
         text = re.sub(r"\n\tmetrics\n", "\n", text)
@@ -743,7 +787,7 @@ def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProx
     home = tmp_path / "caddy-home"
     env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
     process = subprocess.Popen(
-        [caddy, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        [caddy_bin, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -758,7 +802,7 @@ def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProx
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(process.stderr.read().decode() if process.stderr else "caddy failed") from None
                 time.sleep(0.2)
-        yield RunningProxy(f"https://127.0.0.1:{https}", f"http://127.0.0.1:{metrics}/metrics", version)
+        yield RunningProxy(f"https://127.0.0.1:{https}", f"http://127.0.0.1:{metrics}/metrics", version, https, home)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -766,19 +810,49 @@ def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProx
 
 
 @pytest.fixture
+def running_proxy(fetched_secrets: Path, tmp_path: Path) -> Iterator[RunningProxy]:
+    """The rendered Caddyfile run by a local Caddy on loopback, backends replaced by an echo server."""
+    with _proxy_running(fetched_secrets, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
 def proxy(running_proxy: RunningProxy) -> str:
     return running_proxy.url
 
 
-def _get(url: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+def _tls_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # Caddy's internal CA
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})  # noqa: S310
+    return context
+
+
+def _get(
+    url: str, key: str | None = None, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, Any]]:
+    sent = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+    request = urllib.request.Request(url, headers=sent, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, context=_tls_context(), timeout=30) as response:  # noqa: S310
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def _raw(port: int, request: bytes, server_name: str = PUBLIC_HOST, timeout: float = 30) -> bytes:
+    """Sends `request` as it is over TLS and reads the answer until the proxy closes the connection."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock,
+        _tls_context().wrap_socket(sock, server_hostname=server_name) as tls,
+    ):
+        tls.sendall(request)
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except (TimeoutError, ssl.SSLError, ConnectionResetError):
+            pass
+        return answer
 
 
 def test_proxy_admits_only_requests_with_a_key_and_forwards_the_upstream_key(proxy: str) -> None:
@@ -788,12 +862,10 @@ def test_proxy_admits_only_requests_with_a_key_and_forwards_the_upstream_key(pro
         assert _get(f"{proxy}/{prefix}/v1/models", "KeyWrong")[0] == 401
         for key in ("KeyDefault1", "KeyCi2"):
             status, body = _get(f"{proxy}/{prefix}/v1/models", key)
-            assert status == 200 and body == {"path": "/v1/models", "authorization": "Bearer KeyDefault1"}
+            assert status == 200 and (body["path"], body["authorization"]) == ("/v1/models", "Bearer KeyDefault1")
     # Only the API paths reach a backend (Ollama's native /api too); any other path is a JSON 404.
-    assert _get(f"{proxy}/ollama/api/tags", "KeyDefault1") == (
-        200,
-        {"path": "/api/tags", "authorization": "Bearer KeyDefault1"},
-    )
+    status, body = _get(f"{proxy}/ollama/api/tags", "KeyDefault1")
+    assert (status, body["path"], body["authorization"]) == (200, "/api/tags", "Bearer KeyDefault1")
     for prefix, path in (("vllm", "/metrics"), ("onnx", "/health"), ("vllm", "/api/tags"), ("ollama", "/")):
         status, body = _get(f"{proxy}/{prefix}{path}", "KeyDefault1")
         assert status == 404 and body["error"]["code"] == "not_found", (prefix, path)
@@ -825,3 +897,225 @@ def test_proxy_counts_requests_per_backend_for_the_gateway_rules(running_proxy: 
     documented = (MONITORING / "metrics" / "caddy.txt").read_text()
     for name in re.findall(r"^(caddy_http_[a-z_]+?)(?:_bucket|_sum|_count)?[{ ]", exposition, re.M):
         assert name in documented, name
+
+
+# --- the proxy under hostile requests ---------------------------------------------------------------
+
+
+def _certificates(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "data").rglob("*.crt"))
+
+
+def test_on_demand_certificates_only_for_the_stacks_own_name(running_proxy: RunningProxy) -> None:
+    """Caddy asks its loopback `ask` server first: an invented SNI name gets no certificate (and none
+    is stored); the VM's name, and a client that sends no SNI (default_sni), get one."""
+    for name in ("evil-1.example", "evil-2.example", "127.0.0.1.nip.io"):
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            _raw(running_proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", server_name=name, timeout=10)
+    assert _raw(running_proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 200"
+    )
+    assert _get(f"{running_proxy.url}/")[0] == 200  # by IP: no SNI
+    stored = _certificates(running_proxy.home)
+    assert stored and all(name.startswith(PUBLIC_HOST) or "root" in name or "intermediate" in name for name in stored)
+    assert not [n for n in stored if "evil" in n or "nip" in n], stored
+
+
+def test_no_api_key_reaches_a_file_on_disk(running_proxy: RunningProxy) -> None:
+    """With persist_config off Caddy writes no autosave.json (the adapted config has every key);
+    /config is in memory on the VM, only the certificates are on the data disk."""
+    assert _get(f"{running_proxy.url}/onnx/v1/models", "KeyCi2")[0] == 200
+    for path in running_proxy.home.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert b"KeyDefault1" not in content and b"KeyCi2" not in content, path
+    proxy = render()["services"]["proxy"]
+    assert [v.split(":")[1] for v in proxy["volumes"]] == ["/data"] and "/config" in proxy["tmpfs"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/onnx/%2e%2e/ollama/api/tags",
+        "/onnx/%2E%2E/vllm/v1/models",
+        "/ollama/v1/..%2f..%2fapi/pull",
+        "/onnx/v1%2fmodels",
+        "/onnx/v1%5cmodels",
+        "/ollama/api/tags/../pull",
+        "/onnx/./v1/models",
+        "/onnx//v1/models",
+        "/onnx/v1/models/.",
+        "/%2e%2e/onnx/v1/models",
+    ],
+)
+def test_paths_whose_raw_form_differs_from_the_matched_one_are_refused(proxy: str, path: str) -> None:
+    """Routes are chosen on the decoded, cleaned path: the raw one must be the same, or it is a 400
+    and the backend never sees it."""
+    port = int(proxy.rsplit(":", 1)[1])
+    _Echo.seen.clear()
+    request = f"GET {path} HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nAuthorization: Bearer KeyDefault1\r\n"
+    answer = _raw(port, (request + "Connection: close\r\n\r\n").encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert json.loads(body)["error"]["code"] == "invalid_path"
+    assert _Echo.seen == []
+
+
+def test_encoded_characters_elsewhere_and_in_the_query_still_pass(proxy: str) -> None:
+    status, body = _get(f"{proxy}/onnx/v1/models?after=a%2Fb%2e", "KeyDefault1")
+    assert (status, body["path"]) == (200, "/v1/models?after=a%2Fb%2e")
+    status, body = _get(f"{proxy}/onnx/v1/models/phi-4.mini", "KeyDefault1")
+    assert (status, body["path"]) == (200, "/v1/models/phi-4.mini")
+
+
+def test_ollama_admin_api_is_not_reachable_with_a_valid_key(proxy: str) -> None:
+    """Clients get inference and model listing; pull, create, copy, delete, push and blobs change the
+    model store and stay on the preparation step's private server."""
+    for method, path in (
+        ("POST", "/api/pull"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("DELETE", "/api/delete"),
+        ("POST", "/api/push"),
+        ("POST", "/api/blobs/sha256:0"),
+    ):
+        status, body = _get(f"{proxy}/ollama{path}", "KeyDefault1", method=method)
+        assert (status, body["error"]["code"]) == (404, "not_found"), path
+    for method, path in (
+        ("POST", "/api/chat"),
+        ("POST", "/api/generate"),
+        ("POST", "/api/embed"),
+        ("POST", "/api/embeddings"),
+        ("GET", "/api/tags"),
+        ("POST", "/api/show"),
+        ("GET", "/api/ps"),
+        ("GET", "/api/version"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+    ):
+        status, body = _get(f"{proxy}/ollama{path}", "KeyDefault1", method=method)
+        assert (status, body["path"]) == (200, path)
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_is_not(proxy: str) -> None:
+    """One rule with the ONNX server (RFC 9110: the scheme is case-insensitive)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "images" / "onnx-server"))
+    from onnx_server.guard import _authorized  # the server's own rule
+
+    for credentials in ("Bearer KeyDefault1", "bearer KeyDefault1", "BEARER KeyCi2", "bEaReR  KeyCi2"):
+        status, body = _get(f"{proxy}/vllm/v1/models", headers={"Authorization": credentials})
+        assert status == 200 and body["authorization"] == "Bearer KeyDefault1", credentials
+        assert _authorized([credentials.encode()], ("KeyDefault1", "KeyCi2")), credentials
+    for credentials in ("Bearer keydefault1", "Basic KeyDefault1", "BearerKeyDefault1", "Bearer KeyDefault", "KeyCi2"):
+        assert _get(f"{proxy}/vllm/v1/models", headers={"Authorization": credentials})[0] == 401, credentials
+        assert not _authorized([credentials.encode()], ("KeyDefault1", "KeyCi2")), credentials
+
+
+def test_client_forwarding_headers_and_api_keys_do_not_reach_the_backends(proxy: str) -> None:
+    spoofed = {
+        "X-Real-IP": "203.0.113.7",
+        "Forwarded": "for=203.0.113.7;proto=https",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Host": "evil.example",
+    }
+    for path, key in (("/onnx/v1/models", "KeyDefault1"), ("/", "KeyCi2"), ("/", None)):
+        status, body = _get(f"{proxy}{path}", key, headers=spoofed)
+        assert status == 200, path
+        headers = body["headers"]
+        assert "x-real-ip" not in headers and "forwarded" not in headers, headers
+        # The client's own address, once per proxy hop; never what it claimed.
+        assert set(headers["x-forwarded-for"].split(", ")) == {"127.0.0.1"}, headers
+        assert headers.get("x-forwarded-host") != "evil.example"
+    # Open WebUI never sees one of the stack's API keys; its own sign-in token passes unchanged.
+    for credentials in ("Bearer KeyCi2", "bearer KeyDefault1"):
+        status, body = _get(f"{proxy}/api/chats", headers={"Authorization": credentials})
+        assert (status, body["authorization"]) == (200, None), credentials
+    status, body = _get(f"{proxy}/api/chats", headers={"Authorization": "Bearer eyJ.webui.session"})
+    assert (status, body["authorization"]) == (200, "Bearer eyJ.webui.session")
+
+
+def test_a_redirect_from_a_backend_keeps_the_prefix(proxy: str) -> None:
+    """The backend redirects /v1/models/ to http://<host>/v1/models: the client is sent back under
+    /onnx, on the scheme it used."""
+    port = int(proxy.rsplit(":", 1)[1])
+    request = f"GET /onnx/v1/models/ HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nAuthorization: Bearer KeyDefault1\r\n"
+    head = _raw(port, (request + "Connection: close\r\n\r\n").encode()).partition(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 307"), head
+    assert "\r\nLocation: /onnx/v1/models\r\n" in head, head
+    assert _get(f"{proxy}/onnx/v1/models", "KeyDefault1")[0] == 200
+
+
+def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
+    """Accepts connections and never answers (a hung backend)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, held
+
+
+def test_a_backend_that_is_down_or_hung_gives_a_json_error_in_bounded_time(
+    fetched_secrets: Path, tmp_path: Path
+) -> None:
+    listener, held = _silent_server()
+    down = _free_port()  # nothing listens
+    try:
+        with _proxy_running(fetched_secrets, tmp_path, {"onnx": down, "ollama": listener.getsockname()[1]}) as p:
+            status, body = _get(f"{p.url}/onnx/v1/models", "KeyDefault1")
+            assert status == 502 and body["error"]["code"] == "backend_unavailable"
+            started = time.monotonic()
+            status, body = _get(f"{p.url}/ollama/api/tags", "KeyDefault1")
+            elapsed = time.monotonic() - started
+            # The backend server's response-header timeout (shortened to 2 s here) answers first.
+            assert status == 504 and body["error"]["code"] == "backend_timeout" and 1.5 < elapsed < 4, elapsed
+            assert _get(f"{p.url}/vllm/v1/models", "KeyDefault1")[0] == 200  # the others still answer
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
+
+
+def test_malformed_chunked_bodies_are_a_client_error(proxy: str) -> None:
+    port = int(proxy.rsplit(":", 1)[1])
+    head = (
+        f"POST /vllm/v1/chat/completions HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nAuthorization: Bearer KeyDefault1\r\n"
+        "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    ).encode()
+    for body in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcdef\r\n0\r\n\r\n"):
+        answer = _raw(port, head + body)
+        status, _, rest = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert json.loads(rest)["error"]["code"] == "invalid_body"
+
+
+def test_slow_clients_are_cut_off(running_proxy: RunningProxy) -> None:
+    """The header and body read timeouts (shortened to 2 s here) end a slow client's request."""
+    port = running_proxy.port
+    started = time.monotonic()
+    _raw(port, f"GET /onnx/v1/models HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\n".encode(), timeout=15)
+    assert time.monotonic() - started < 6  # headers never finished: closed after read_header
+    started = time.monotonic()
+    request = (
+        f"POST /onnx/v1/chat/completions HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nAuthorization: Bearer KeyDefault1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    ).encode()
+    answer = _raw(port, request, timeout=15)
+    assert time.monotonic() - started < 6, answer[:300]  # the body never finished: cut after read_body
+    assert b'"path"' not in answer  # the backend never answered a request with a partial body
+
+
+def test_rendered_proxy_timeouts() -> None:
+    text = caddyfile(settings_for())
+    # Every server has the header and body read timeouts; every upstream a dial and header timeout.
+    assert text.count("read_header 10s") == text.count("read_body 60s") == len(BACKENDS) + 1
+    assert text.count("dial_timeout 10s") == text.count("response_header_timeout") == 2 * len(BACKENDS)
+    assert "write" not in text  # streams last as long as the generation

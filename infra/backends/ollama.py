@@ -20,6 +20,20 @@ MODELS_MOUNT = "/models"
 MODELFILES_MOUNT = "/modelfiles"
 MODELS_SIZE_GB = 32
 PULL_DEADLINE_SECONDS = 2 * 3600
+# What clients may call: the OpenAI API and the native API's inference and listing. The admin
+# endpoints (/api/pull, create, copy, delete, push, blobs) change the model store: only the
+# preparation step uses them, on its private server.
+CLIENT_PATHS = (
+    "/v1",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/show",
+    "/api/ps",
+    "/api/version",
+)
 # The preparation step's private server (never reachable from outside its container).
 PRIVATE_HOST = "127.0.0.1:11434"
 
@@ -79,7 +93,7 @@ def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
         # The CLI talks to the server OLLAMA_HOST names: it lists only when the API answers.
         health_command=("ollama", "list"),
         # Its native API beside /v1.
-        route=Route(NAME, prefix, served_models(config), paths=("/v1", "/api")),
+        route=Route(NAME, prefix, served_models(config), paths=CLIENT_PATHS),
         # The server only reads the models the preparation pulled (no pruning at start, which writes).
         volumes=(
             Volume(claim="ollama-models", name="models", mount=MODELS_MOUNT, size_gb=MODELS_SIZE_GB, read_only=True),

@@ -64,30 +64,31 @@ fetch() {{
 {fetches}
 """
 
-# The TLS proxy's key check, generated from the fetched API keys (one per line): a matcher for
-# requests without a valid key, and the key the proxy sends upstream (the first; every backend
-# accepts it). The keys are generated letters and digits; anything else is refused, never written
-# into Caddy's configuration.
+# The TLS proxy's key check, generated from the fetched API keys (one per line): matchers for
+# requests with (@api_key) and without (@no_api_key) a valid key, and the key the proxy sends
+# upstream (the first; every backend accepts it). The scheme is case-insensitive (RFC 9110, as the
+# ONNX server reads it); the key is not. The keys are generated letters and digits; anything else is
+# refused, never written into Caddy's configuration ('.' and '+' are escaped for the regexp).
 _CADDY_KEYS = """
 keys="{secrets_dir}/{api_keys}"
 matcher="{secrets_dir}/{matcher}"
 upstream="{secrets_dir}/{upstream}"
 first=''
-{{
-  echo '@no_api_key {{'
-  echo '  not {{'
-  while IFS= read -r key || [ -n "$key" ]; do
-    [ -n "$key" ] || continue
-    case "$key" in
-      *[!A-Za-z0-9._~+/=-]*) echo "slm-fetch-secrets: an API key has characters Caddy would misread" >&2; exit 1 ;;
-    esac
-    [ -n "$first" ] || first=$key
-    printf '    header Authorization "Bearer %s"\\n' "$key"
-  done < "$keys"
-  echo '  }}'
-  echo '}}'
-}} > "$matcher.tmp"
+alternatives=''
+while IFS= read -r key || [ -n "$key" ]; do
+  [ -n "$key" ] || continue
+  case "$key" in
+    *[!A-Za-z0-9._~+/=-]*) echo "slm-fetch-secrets: an API key has characters Caddy would misread" >&2; exit 1 ;;
+  esac
+  [ -n "$first" ] || first=$key
+  alternatives="$alternatives${{alternatives:+|}}$(printf '%s' "$key" | sed 's/[.+]/\\\\&/g')"
+done < "$keys"
 [ -n "$first" ] || {{ echo "slm-fetch-secrets: $keys holds no API key" >&2; exit 1; }}
+credentials="^(?i:bearer) +($alternatives)"'$'
+{{
+  printf '@api_key header_regexp Authorization `%s`\\n' "$credentials"
+  printf '@no_api_key not header_regexp Authorization `%s`\\n' "$credentials"
+}} > "$matcher.tmp"
 printf 'header_up Authorization "Bearer %s"\\n' "$first" > "$upstream.tmp"
 publish "$matcher"
 publish "$upstream"
