@@ -43,6 +43,11 @@ class Installed:
     uid: int
 
 
+def _shared_temp_dir(prefix: str) -> Path:
+    # Under /tmp when dropping privileges: $TMPDIR may be a folder the unprivileged user cannot enter.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.geteuid() == 0 else None))
+
+
 def _as_unprivileged() -> list[str]:
     if os.geteuid() != 0:
         return []
@@ -56,7 +61,7 @@ def _as_unprivileged() -> list[str]:
 def installed() -> Iterator[Installed]:
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         pytest.skip("not a Debian-based system: the test command's Debian step does not apply")
-    home = Path(tempfile.mkdtemp(prefix="test-command-"))
+    home = _shared_temp_dir("test-command-")
     home.chmod(0o777)  # the unprivileged user writes here
     tools = home / "tools"
     command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, str(PROJECT_ROOT / "scripts" / "test.py")]
@@ -122,7 +127,7 @@ def test_password_less_sudo_is_used_first() -> None:
     answers `sudo -n true` and records the rest, refusing them so the download path still runs."""
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         pytest.skip("not a Debian-based system: the test command's Debian step does not apply")
-    home = Path(tempfile.mkdtemp(prefix="test-command-sudo-"))
+    home = _shared_temp_dir("test-command-sudo-")
     try:
         home.chmod(0o777)
         fake = home / "fake-bin"
