@@ -1,7 +1,7 @@
 """Run the policy pack the way the Pulumi CLI does, on a recorded stack.
 
-Starts `policy/__main__.py` with the pack's own interpreter (its venv, `.venv-policy`), reads the
-gRPC port it prints, and sends every registration as the engine does: an `AnalyzeRequest` per
+Starts the pack with its own interpreter (its venv, `.venv-policy`) as `python -m pulumi.policy`,
+reads the gRPC port it prints, and sends every registration as the engine does: an `AnalyzeRequest` per
 resource and one `AnalyzeStackRequest`, properties in the engine's wire form (secrets in the secret
 envelope, unknowns as the unknown sentinel in a preview). What comes back are the SDK's own
 diagnostics, after its own deserialization. Used by `offline.render` and the tests; runs in the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,20 +119,27 @@ class Pack:
                 f"the policy pack's Python {python} does not exist: create it from policy/requirements.txt "
                 "(python3 scripts/test.py does) or set SLM_POLICY_PYTHON"
             )
-        # As the CLI starts a Python pack: its folder is the working directory and sys.path[0].
-        self.process = subprocess.Popen(  # noqa: S603 (the pack's own interpreter, a fixed script)
-            [str(python), "-u", "__main__.py"],
+        # As the CLI starts a Python pack: `python -m pulumi.policy <engine> <pack folder>`, which runs
+        # the folder's __main__.py with the folder as sys.path[0]. No engine listens: the pack never
+        # calls back for a policy run.
+        # Its log goes to a file: a pipe nobody reads would stall the pack once full.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        self.process = subprocess.Popen(  # noqa: S603 (the pack's own interpreter, fixed arguments)
+            [str(python), "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(POLICY_DIR)],
             cwd=POLICY_DIR,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode().strip()
         if not line.isdigit():
             self.process.kill()
-            _, err = self.process.communicate(timeout=10)
-            raise RuntimeError(f"the policy pack did not print its port (got {line!r}): {err.decode()[-2000:]}")
+            self.process.communicate(timeout=10)
+            self.log.seek(0)
+            err = self.log.read().decode(errors="replace")[-2000:]
+            self.log.close()
+            raise RuntimeError(f"the policy pack did not print its port (got {line!r}): {err}")
         self.channel = grpc.insecure_channel(f"127.0.0.1:{line}")
         self.stub = analyzer_pb2_grpc.AnalyzerStub(self.channel)
         info = self.stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
@@ -141,6 +149,7 @@ class Pack:
         self.channel.close()
         self.process.kill()
         self.process.communicate(timeout=10)
+        self.log.close()
 
     def analyze(self, regs: Iterable[recording.Registration]) -> Verdict:
         """Every registration through Analyze, then the whole stack through AnalyzeStack."""
