@@ -278,6 +278,37 @@ def test_chart_children_are_checked_with_exemptions_by_chart(pack: engine.Pack, 
     assert list(_failed(pack, [unpinned])) == ["images-pinned"]
 
 
+def _as_root(reg: Registration) -> Registration:
+    pod = reg.inputs["spec"]["template"]["spec"]
+    pod["securityContext"] = {"runAsNonRoot": False, "runAsUser": 0}
+    return reg
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("dcgm-exporter", "dcgm-exporter", "root-and-escalation", "host"),
+        ("device-plugin", "nvidia-device-plugin-daemonset", "root", "escalation"),
+    ],
+)
+def test_gpu_chart_exemptions_allow_only_their_findings(
+    case: tuple[str, str, str, str], pack: engine.Pack, rendered: Any
+) -> None:
+    chart, workload, allowed, beyond = case
+    parent = _one(rendered("prod"), "kubernetes:helm.sh/v4:Chart", chart)
+    child = _as_root(_chart_child(parent, workload, host=False))
+    if allowed == "root-and-escalation":
+        _container(child.inputs)["securityContext"].pop("allowPrivilegeEscalation")
+    assert _failed(pack, [child]) == {}
+    worse = _as_root(_chart_child(parent, workload, host=beyond == "host"))
+    if beyond == "escalation":
+        _container(worse.inputs)["securityContext"].pop("allowPrivilegeEscalation")
+    assert list(_failed(pack, [worse])) == ["containers-unprivileged"]
+    # The exemption is for the chart's own workload, not anything else the chart registers.
+    other = _as_root(_chart_child(parent, "something-else", host=False))
+    assert "may run as root" in _failed(pack, [other])["containers-unprivileged"][0]
+
+
 def test_missing_tags_and_unprotected_prod_data_are_caught(pack: engine.Pack, rendered: Any) -> None:
     vault = _one(rendered("prod"), "azure-native:keyvault:Vault")
     assert _failed(pack, [vault]) == {}
