@@ -136,7 +136,12 @@ def _envoy_gateway_schema(kind: str) -> dict[str, Any]:
 @pytest.mark.parametrize("stack", KUBERNETES_STACKS)
 def test_envoy_gateway_objects_validate(stack: str, rendered: Any) -> None:
     objects = [m for m in manifests(rendered(stack)) if m["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"]
-    assert {m["kind"] for m in objects} == {"EnvoyProxy", "SecurityPolicy"}
+    assert {m["kind"] for m in objects} == {
+        "EnvoyProxy",
+        "SecurityPolicy",
+        "ClientTrafficPolicy",
+        "BackendTrafficPolicy",
+    }
     for manifest in objects:
         jsonschema.validate(manifest, _envoy_gateway_schema(manifest["kind"]))
 
@@ -149,6 +154,90 @@ def test_envoy_gateway_schemas_reject_unknown_fields(rendered: Any) -> None:
     }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, _envoy_gateway_schema("SecurityPolicy"))
+
+
+def test_traffic_policy_schemas_reject_misspelt_fields(rendered: Any) -> None:
+    client = one(rendered("local"), "ClientTrafficPolicy", "client-traffic")
+    jsonschema.validate(client, _envoy_gateway_schema("ClientTrafficPolicy"))
+    for spec in (
+        {**client["spec"], "path": {"escapedSlashAction": "RejectRequest"}},
+        {**client["spec"], "path": {"escapedSlashesAction": "Reject"}},
+        {**client["spec"], "timeout": {"http": {"requestTimeout": "60s"}}},
+        {**client["spec"], "headers": {"requestHeaders": {"remove": ["X-Real-IP"]}}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**client, "spec": spec}, _envoy_gateway_schema("ClientTrafficPolicy"))
+    backend = one(rendered("local"), "BackendTrafficPolicy", "backend-traffic")
+    override = backend["spec"]["responseOverride"][0]
+    for spec in (
+        {**backend["spec"], "responseOverride": [{**override, "match": {"statusCode": [502]}}]},
+        {**backend["spec"], "timeout": {"tcp": {"connectionTimeout": "10s"}}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**backend, "spec": spec}, _envoy_gateway_schema("BackendTrafficPolicy"))
+
+
+@pytest.mark.parametrize("stack", KUBERNETES_STACKS)
+def test_the_gateway_normalises_paths_and_bounds_what_clients_send(stack: str) -> None:
+    """What the VM's Caddy does, through Envoy Gateway's ClientTrafficPolicy on the Gateway."""
+    policy = one(with_web_ui(stack), "ClientTrafficPolicy", "client-traffic")["spec"]
+    assert policy["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "slm-serving"}]
+    # %2F and %5C are refused, not decoded into a path another route owns; slashes merged.
+    assert policy["path"] == {"escapedSlashesAction": "RejectRequest", "disableMergeSlashes": False}
+    removed = policy["headers"]["earlyRequestHeaders"]["remove"]
+    assert {"X-Real-IP", "Forwarded", "X-Forwarded-For"} <= set(removed)
+    assert policy["clientIPDetection"] == {"xForwardedFor": {"numTrustedHops": 0}}
+    assert policy["timeout"]["http"]["requestReceivedTimeout"] == "60s"
+
+
+@pytest.mark.parametrize("stack", KUBERNETES_STACKS)
+def test_backend_routes_answer_json_errors_and_bound_connects(stack: str) -> None:
+    rec = with_web_ui(stack)
+    policy = one(rec, "BackendTrafficPolicy", "backend-traffic")["spec"]
+    assert {t["name"] for t in policy["targetRefs"]} == set(recording_backends(stack))
+    assert policy["timeout"]["tcp"]["connectTimeout"] == "10s"
+    codes: dict[int, str] = {}
+    for override in policy["responseOverride"]:
+        response = override["response"]
+        assert response["contentType"] == "application/json" and response["body"]["type"] == "Inline"
+        error = json.loads(response["body"]["inline"])["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        codes |= {match["value"]: error["code"] for match in override["match"]["statusCodes"]}
+    assert codes == {502: "backend_unavailable", 503: "backend_unavailable", 504: "backend_timeout"}
+
+
+@pytest.mark.parametrize("stack", KUBERNETES_STACKS)
+def test_no_client_forwarding_header_or_api_key_reaches_a_backend_or_the_web_ui(stack: str) -> None:
+    for route in kinds(with_web_ui(stack), "HTTPRoute"):
+        if route["metadata"]["name"] == "https-redirect":
+            continue
+        for rule in route["spec"]["rules"]:
+            [modifier] = [f["requestHeaderModifier"] for f in rule["filters"] if f["type"] == "RequestHeaderModifier"]
+            assert {"X-Real-IP", "Forwarded"} <= set(modifier["remove"])
+            assert ("Authorization" in modifier["remove"]) == (route["metadata"]["name"] == "open-webui")
+
+
+@pytest.mark.parametrize("routing", ["path", "host"])
+def test_ollamas_admin_api_matches_no_route(routing: str) -> None:
+    """Clients get inference and listing; pull, create, copy, delete, push and blobs match no rule
+    (Envoy answers 404)."""
+    gateway = {"routing": routing, "domain": "llm.example.com", "acmeEmail": "ops@example.com"}
+    rec = run_stack("local", {"gateway": gateway})
+    prefix = "/ollama" if routing == "path" else ""
+    values = [m["path"]["value"] for rule in one(rec, "HTTPRoute", "ollama")["spec"]["rules"] for m in rule["matches"]]
+    assert all(
+        m["path"]["type"] == "PathPrefix"
+        for r in one(rec, "HTTPRoute", "ollama")["spec"]["rules"]
+        for m in r["matches"]
+    )
+
+    def routed(path: str) -> bool:  # Gateway API PathPrefix: whole path elements
+        return any(path == v or path.startswith(v.rstrip("/") + "/") for v in values)
+
+    for admin in ("pull", "create", "copy", "delete", "push", "blobs/sha256:0"):
+        assert not routed(f"{prefix}/api/{admin}"), admin
+    for allowed in ("/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models"):
+        assert routed(f"{prefix}{allowed}"), allowed
 
 
 # --- checkov ------------------------------------------------------------------------------------

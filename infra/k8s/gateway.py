@@ -29,6 +29,23 @@ TLS_SECRET = "gateway-tls"  # noqa: S105 (a Secret's name)
 SELF_SIGNED_NAME = "slm-serving.internal"
 # Long generations stream for minutes; Envoy's default route timeout (15 s) would cut them.
 REQUEST_TIMEOUT = "900s"
+# A client must have sent its whole request (headers and body) within this; responses are not
+# bounded by it, so streams last as long as the generation does.
+REQUEST_RECEIVED_TIMEOUT = "60s"
+IDLE_TIMEOUT = "300s"
+CONNECT_TIMEOUT = "10s"
+# Client-set forwarding headers never reach a backend: removed before Envoy routes, so the
+# X-Forwarded-For the backends see is the one Envoy writes (the client's address), as on the VM.
+CLIENT_FORWARDING_HEADERS = ("X-Real-IP", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host")
+# OpenAI-style errors for a backend that is down or does not answer (the VM's proxy sends the same).
+UNAVAILABLE_BODY = (
+    '{"error": {"message": "The backend is not reachable: it may be starting or down", '
+    '"type": "server_error", "param": null, "code": "backend_unavailable"}}'
+)
+TIMEOUT_BODY = (
+    '{"error": {"message": "The backend did not answer in time", '
+    '"type": "server_error", "param": null, "code": "backend_timeout"}}'
+)
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1"
@@ -71,6 +88,11 @@ def certificate_names(
     return [f"{p}.{config.domain}" for p in prefixes]
 
 
+def strip_headers(*extra: str) -> dict[str, object]:
+    """A rule's filter removing the client's forwarding headers (and `extra`) before the backend."""
+    return {"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [*CLIENT_FORWARDING_HEADERS, *extra]}}
+
+
 def backend_rules(config: GatewayConfig, route: Route) -> list[dict[str, object]]:
     rule: dict[str, object] = {
         "backendRefs": [{"name": route.backend, "port": BACKEND_PORT}],
@@ -86,13 +108,51 @@ def backend_rules(config: GatewayConfig, route: Route) -> list[dict[str, object]
                     {
                         "type": "URLRewrite",
                         "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": path}},
-                    }
+                    },
+                    strip_headers(),
                 ],
             }
             for path in route.paths
         ]
     # Host routing: <prefix>.<domain> carries only the backend's API paths.
-    return [{**rule, "matches": [{"path": {"type": "PathPrefix", "value": path}} for path in route.paths]}]
+    return [
+        {
+            **rule,
+            "matches": [{"path": {"type": "PathPrefix", "value": path}} for path in route.paths],
+            "filters": [strip_headers()],
+        }
+    ]
+
+
+def client_traffic_spec() -> dict[str, object]:
+    """The listener's handling of what clients send (ClientTrafficPolicy on the Gateway)."""
+    return {
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": GATEWAY_NAME}],
+        # Routes match on the normalised path, and that is what is forwarded: %2F/%5C are refused
+        # (400) rather than decoded into a path another route owns; `..` segments are resolved and
+        # adjacent slashes merged by Envoy's normalisation before matching.
+        "path": {"escapedSlashesAction": "RejectRequest", "disableMergeSlashes": False},
+        "headers": {"earlyRequestHeaders": {"remove": list(CLIENT_FORWARDING_HEADERS)}},
+        # The client is the connection's peer (no proxy in front of Envoy is trusted).
+        "clientIPDetection": {"xForwardedFor": {"numTrustedHops": 0}},
+        "timeout": {"http": {"requestReceivedTimeout": REQUEST_RECEIVED_TIMEOUT, "idleTimeout": IDLE_TIMEOUT}},
+    }
+
+
+def backend_traffic_spec(route_names: Sequence[str]) -> dict[str, object]:
+    """Connection timeouts and JSON errors for the backend routes (BackendTrafficPolicy)."""
+
+    def override(codes: Sequence[int], body: str) -> dict[str, object]:
+        return {
+            "match": {"statusCodes": [{"type": "Value", "value": code} for code in codes]},
+            "response": {"contentType": "application/json", "body": {"type": "Inline", "inline": body}},
+        }
+
+    return {
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": r} for r in route_names],
+        "timeout": {"tcp": {"connectTimeout": CONNECT_TIMEOUT}, "http": {"connectionIdleTimeout": IDLE_TIMEOUT}},
+        "responseOverride": [override((502, 503), UNAVAILABLE_BODY), override((504,), TIMEOUT_BODY)],
+    }
 
 
 class ServingGateway(pulumi.ComponentResource):
@@ -215,6 +275,9 @@ class ServingGateway(pulumi.ComponentResource):
                         {
                             "backendRefs": [{"name": WEB_UI_NAME, "port": WEB_UI_PORT}],
                             "timeouts": {"request": REQUEST_TIMEOUT},
+                            # A client's API key is not Open WebUI's business; the browser signs in
+                            # with Open WebUI's own session cookie.
+                            "filters": [strip_headers("Authorization")],
                         }
                     ],
                 },
@@ -258,6 +321,23 @@ class ServingGateway(pulumi.ComponentResource):
             },
             opts=after_gateway,
         )
+        self._object(
+            "client-traffic",
+            ENVOY_GATEWAY_API,
+            "ClientTrafficPolicy",
+            "client-traffic",
+            client_traffic_spec(),
+            [gateway],
+        )
+        if self.route_names:
+            self._object(
+                "backend-traffic",
+                ENVOY_GATEWAY_API,
+                "BackendTrafficPolicy",
+                "backend-traffic",
+                backend_traffic_spec(self.route_names),
+                [gateway],
+            )
         self.in_cluster_host = f"{PROXY_SERVICE}.{PROXY_NAMESPACE}.svc"
         self.register_outputs({"routes": self.route_names})
 
