@@ -84,7 +84,9 @@ def test_tool_definitions_reach_the_system_turn(client: openai.OpenAI, phi4_serv
 def test_tools_set_on_the_system_message_are_accepted(client: openai.OpenAI, phi4_server: Server) -> None:
     # Phi-4-mini's model card puts them there, as a JSON string.
     messages: list[Any] = [{**ASK[0], "tools": _functions(WEATHER)}, ASK[1]]
-    reply = client.chat.completions.create(model=MODEL, messages=messages, tool_choice="required", max_tokens=100)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tool_choice="required", max_tokens=100, seed=0
+    )
     assert f"<|tool|>{_functions(WEATHER)}<|/tool|>" in _prompts(phi4_server)[-1]
     calls = reply.choices[0].message.tool_calls
     assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]

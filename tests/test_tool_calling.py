@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,9 +59,12 @@ def _functions(*tools: dict[str, Any]) -> str:
     return json.dumps([tool["function"] for tool in tools], ensure_ascii=False)
 
 
-def _plugin() -> ModuleType:
-    # As vLLM's ToolParserManager.import_tool_parser loads a plugin file.
-    spec = importlib.util.spec_from_file_location("phi4_tool_parser", FILES / "phi4_tool_parser.py")
+def _plugin(tmp: Path | None = None) -> ModuleType:
+    # The file the stack ships, loaded as vLLM's ToolParserManager.import_tool_parser loads a plugin.
+    folder = Path(tempfile.mkdtemp()) if tmp is None else tmp
+    path = folder / vllm.TOOL_PARSER_FILE
+    path.write_text(vllm.files()[vllm.TOOL_PARSER_FILE])
+    spec = importlib.util.spec_from_file_location("phi4_tool_parser", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -189,7 +193,7 @@ def test_deployment_mounts_the_files_and_passes_the_flags(rendered: Any) -> None
     assert mount["readOnly"] is True
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     config_map = one(rec, "ConfigMap", volume["configMap"]["name"])
-    assert config_map["data"] == {name: (FILES / name).read_text() for name in vllm.files()}
+    assert config_map["data"] == vllm.files()
 
 
 def test_compose_service_mounts_the_files_and_passes_the_flags() -> None:
@@ -197,4 +201,16 @@ def test_compose_service_mounts_the_files_and_passes_the_flags() -> None:
     service = document["services"]["vllm"]
     assert FLAGS in shlex.join(vllm_serve(service))
     targets = {m["target"]: document["configs"][m["source"]]["content"] for m in service["configs"]}
-    assert targets == {f"{vllm.FILES_MOUNT}/{name}": (FILES / name).read_text() for name in vllm.files()}
+    assert targets == {f"{vllm.FILES_MOUNT}/{name}": text for name, text in vllm.files().items()}
+
+
+def test_one_tool_call_scanner_serves_both_servers() -> None:
+    """The parser vLLM loads carries the ONNX server's own scanner, not a copy of it."""
+    from onnx_server import tool_markers
+
+    shipped = vllm.files()[vllm.TOOL_PARSER_FILE]
+    assert shipped.startswith(Path(tool_markers.__file__).read_text())
+    text = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]<|/tool_call|>'
+    assert [(c.name, c.arguments) for c in _plugin().scan_tool_calls(text, final=True)[1]] == [
+        (c.name, c.arguments) for c in tool_markers.scan_tool_calls(text, final=True)[1]
+    ]

@@ -25,11 +25,18 @@ FILES_DIR = Path(__file__).parent / "vllm_files"
 FILES_MOUNT = "/opt/slm/tool-calling"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 TOOL_PARSER_FILE = "phi4_tool_parser.py"
-TOOL_PARSER = "phi4_mini_markers"  # the name phi4_tool_parser.py registers
+TOOL_PARSER = "phi4_mini_markers"  # the name the adapter registers
+# One scanner for both servers: the ONNX server's own module, then vLLM's adapter, as one file.
+TOOL_MARKERS = images.PROJECT_ROOT / "images" / "onnx-server" / "onnx_server" / "tool_markers.py"
+TOOL_PARSER_ADAPTER = FILES_DIR / "tool_parser_adapter.py"
+
+
+def tool_parser_source() -> str:
+    return TOOL_MARKERS.read_text() + "\n\n" + TOOL_PARSER_ADAPTER.read_text()
 
 
 def files() -> dict[str, str]:
-    return {name: (FILES_DIR / name).read_text() for name in (CHAT_TEMPLATE_FILE, TOOL_PARSER_FILE)}
+    return {CHAT_TEMPLATE_FILE: (FILES_DIR / CHAT_TEMPLATE_FILE).read_text(), TOOL_PARSER_FILE: tool_parser_source()}
 
 
 def served_models(config: VllmBackendConfig) -> tuple[str, ...]:
