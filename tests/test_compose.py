@@ -766,14 +766,15 @@ def _proxy_running(secrets: Path, tmp_path: Path, upstreams: dict[str, int] | No
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     https, http, health, metrics, ask = _free_port(), _free_port(), _free_port(), _free_port(), _free_port()
     text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}), PUBLIC_HOST)
-    text = text.replace("https_port 8443", f"https_port {https}").replace("http_port 8080", f"http_port {http}")
-    text = text.replace(":8443 {", f":{https} {{\n\tbind 127.0.0.1").replace("8081", str(health))
-    text = text.replace(f":{caddy.PROXY_ASK_PORT}", f":{ask}")
-    text = text.replace(f":{PROXY_METRICS_PORT} {{", f":{metrics} {{\n\tbind 127.0.0.1")
+    # Every fixed port rewritten in one pass, so a free port already written in is never rewritten again
+    # (one beginning with a backend server's port would otherwise be).
+    fixed = {8443: https, 8080: http, 8081: health, caddy.PROXY_ASK_PORT: ask, PROXY_METRICS_PORT: metrics}
+    fixed |= {backend_server_port(name): _free_port() for name in registry.names()}
+    text = re.sub(r"(?<=[: ])(\d{4,5})\b", lambda m: str(fixed.get(int(m[1]), m[1])), text)
+    text = text.replace(f":{https} {{", f":{https} {{\n\tbind 127.0.0.1")
+    text = text.replace(f":{metrics} {{", f":{metrics} {{\n\tbind 127.0.0.1")
     for old, new in SHORT_TIMEOUTS.items():
         text = text.replace(old, new)
-    for port in (backend_server_port(name) for name in registry.names()):
-        text = text.replace(f":{port}", f":{_free_port()}")
     ports = {"vllm": upstream.server_port, "ollama": upstream.server_port, "onnx": upstream.server_port}
     ports |= {"webui": upstream.server_port, **(upstreams or {})}
     text = re.sub(r"\b(vllm|ollama|onnx|webui):\d+", lambda m: f"127.0.0.1:{ports[m.group(1)]}", text)
