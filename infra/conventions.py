@@ -22,3 +22,15 @@ JOBS = {
 def backend_job(backend: str) -> str:
     """The scrape job of a backend's own /metrics, the same on every target."""
     return f"slm-{backend}"
+
+
+# OpenAI-style errors both entry points (Envoy Gateway, the VM's Caddy) send for a backend that is
+# down or does not answer.
+UNAVAILABLE_BODY = (
+    '{"error": {"message": "The backend is not reachable: it may be starting or down", '
+    '"type": "server_error", "param": null, "code": "backend_unavailable"}}'
+)
+TIMEOUT_BODY = (
+    '{"error": {"message": "The backend did not answer in time", '
+    '"type": "server_error", "param": null, "code": "backend_timeout"}}'
+)

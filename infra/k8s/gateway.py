@@ -14,7 +14,7 @@ import pulumi_kubernetes as k8s
 
 from infra.backends.description import Route
 from infra.config import GatewayConfig
-from infra.conventions import BACKEND_PORT
+from infra.conventions import BACKEND_PORT, TIMEOUT_BODY, UNAVAILABLE_BODY
 from infra.endpoints import is_ip
 from infra.k8s.web_ui import WEB_UI_NAME, WEB_UI_PORT
 
@@ -37,15 +37,6 @@ CONNECT_TIMEOUT = "10s"
 # Client-set forwarding headers never reach a backend: removed before Envoy routes, so the
 # X-Forwarded-For the backends see is the one Envoy writes (the client's address), as on the VM.
 CLIENT_FORWARDING_HEADERS = ("X-Real-IP", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host")
-# OpenAI-style errors for a backend that is down or does not answer (the VM's proxy sends the same).
-UNAVAILABLE_BODY = (
-    '{"error": {"message": "The backend is not reachable: it may be starting or down", '
-    '"type": "server_error", "param": null, "code": "backend_unavailable"}}'
-)
-TIMEOUT_BODY = (
-    '{"error": {"message": "The backend did not answer in time", '
-    '"type": "server_error", "param": null, "code": "backend_timeout"}}'
-)
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1"

@@ -11,7 +11,7 @@ from infra import images
 from infra.backends import registry
 from infra.backends.description import Backend, Route
 from infra.config import StackSettings
-from infra.conventions import WORKLOAD_UID
+from infra.conventions import TIMEOUT_BODY, UNAVAILABLE_BODY, WORKLOAD_UID
 from infra.vm.secrets import API_KEYS_CADDY_FILE, DATA_DIR, PROXY_FOLDERS, UPSTREAM_AUTH_CADDY_FILE, host_path
 from infra.vm.services import hardened
 
@@ -54,14 +54,6 @@ UNSAFE_PATH_BODY = (
 BAD_BODY_BODY = (
     '{"error": {"message": "Bad request: the body\'s chunked framing is malformed", '
     '"type": "invalid_request_error", "param": null, "code": "invalid_body"}}'
-)
-UNAVAILABLE_BODY = (
-    '{"error": {"message": "The backend is not reachable: it may be starting or down", '
-    '"type": "server_error", "param": null, "code": "backend_unavailable"}}'
-)
-TIMEOUT_BODY = (
-    '{"error": {"message": "The backend did not answer in time", '
-    '"type": "server_error", "param": null, "code": "backend_timeout"}}'
 )
 ERROR_BODY = (
     '{"error": {"message": "The request could not be served", '
