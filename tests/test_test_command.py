@@ -48,6 +48,14 @@ def _shared_temp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.geteuid() == 0 else None))
 
 
+def _readable_test_script(home: Path) -> str:
+    # A copy the unprivileged user can read: the checkout may sit in a folder only its owner enters.
+    script = home / "test.py"
+    shutil.copyfile(PROJECT_ROOT / "scripts" / "test.py", script)
+    script.chmod(0o644)
+    return str(script)
+
+
 def _as_unprivileged() -> list[str]:
     if os.geteuid() != 0:
         return []
@@ -64,7 +72,7 @@ def installed() -> Iterator[Installed]:
     home = _shared_temp_dir("test-command-")
     home.chmod(0o777)  # the unprivileged user writes here
     tools = home / "tools"
-    command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, str(PROJECT_ROOT / "scripts" / "test.py")]
+    command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, _readable_test_script(home)]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run(
         [*command, str(tools)], cwd=home, env=env, capture_output=True, text=True, timeout=600, check=False
@@ -136,7 +144,7 @@ def test_password_less_sudo_is_used_first() -> None:
             f'#!/bin/sh\necho "$*" >> "{home}/sudo.log"\n[ "$*" = "-n true" ] && exit 0\nexit 1\n'
         )
         (fake / "sudo").chmod(0o755)
-        command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, str(PROJECT_ROOT / "scripts" / "test.py")]
+        command = [*_as_unprivileged(), sys.executable, "-c", INSTALL, _readable_test_script(home)]
         env = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home)}
         result = subprocess.run(
             [*command, str(home / "tools"), "jq"],
