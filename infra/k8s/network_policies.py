@@ -1,6 +1,7 @@
 """NetworkPolicies for the workload namespace: deny everything, then admit only the gateway to the
-backends, Prometheus to their metrics port, every pod to cluster DNS, and model downloads (HTTPS to
-the internet, never to private ranges or the instance metadata endpoint) for the pods that need them."""
+backends, Prometheus to their metrics port, every pod to cluster DNS, model downloads (HTTPS to
+the internet, never to private ranges or the instance metadata endpoint) for the pods that need them,
+and, with a domain, the gateway to cert-manager's ACME HTTP-01 solver pods."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from infra.conventions import BACKEND_PORT
 from infra.k8s.pods import DOWNLOADS_LABEL, SERVING_LABEL
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# cert-manager (v1.19) labels every HTTP-01 solver pod it creates in the Certificate's namespace with
+# this, and the solver listens on 8089 (pkg/issuer/acme/http/pod.go).
+ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
+ACME_SOLVER_PORT = 8089
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
 
 
@@ -27,6 +32,8 @@ class WorkloadNetworkPoliciesArgs:
     # Open WebUI's pod labels when it runs (it calls the backends and is reached through the gateway).
     web_ui_labels: dict[str, str] | None = None
     web_ui_port: int = 8080
+    # A domain is set: ACME's HTTP-01 request reaches the solver pods through the gateway.
+    acme_solver: bool = False
 
 
 def _from_namespace(
@@ -83,6 +90,13 @@ def policy_specs(args: WorkloadNetworkPoliciesArgs) -> dict[str, k8s.networking.
             "pod_selector": ui,
             "policy_types": ["Egress"],
             "egress": [{"to": [{"pod_selector": serving}], "ports": [_tcp(BACKEND_PORT)]}],
+        }
+    if args.acme_solver:
+        # Without it the default deny drops the CA's request and the certificate is never issued.
+        specs["allow-gateway-to-acme-solver"] = {
+            "pod_selector": {"match_labels": ACME_SOLVER_LABELS},
+            "policy_types": ["Ingress"],
+            "ingress": [{"from_": [gateway], "ports": [_tcp(ACME_SOLVER_PORT)]}],
         }
     specs["allow-clients-to-backends"] = {
         "pod_selector": serving,

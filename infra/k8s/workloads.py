@@ -112,6 +112,7 @@ def workloads(cfg: StackConfig, cluster: Cluster) -> Endpoints:
             gateway_pod_labels=PROXY_POD_LABELS,
             monitoring_namespace=s.monitoring.namespace,
             web_ui_labels=web_ui.labels if web_ui is not None else None,
+            acme_solver=s.gateway.domain is not None,
         ),
         opts=in_namespace,
     )
