@@ -228,3 +228,44 @@ MUST_DENY: list[Flow] = [
     Flow("acme-solver", "internet", 443, why="the solver only answers"),
     Flow("gateway", "onnx-convert", BACKEND_PORT, why="jobs serve nothing"),
 ]
+
+
+# --- The VM: the NSG in front of it, then the ports the Compose project publishes ---------------
+
+# Who connects to the VM: the operator's networks (allowedCidrs) or anyone else on the internet.
+VM_SOURCES = {
+    "operator": "the first address of the stack's first allowedCidrs entry",
+    "internet": "192.0.2.10 (TEST-NET-1: outside every committed allowedCidrs)",
+}
+VM_INTERNET = "192.0.2.10"
+# What listens on the VM itself, outside Compose (the image's sshd).
+VM_HOST_PORTS = {22: "sshd"}
+
+
+@dataclass(frozen=True)
+class VmFlow:
+    source: str  # a VM_SOURCES key
+    port: int  # the VM's (host) port
+    why: str
+    when: str | None = None  # "domain" / "no-domain"
+
+
+VM_MUST_ALLOW: list[VmFlow] = [
+    VmFlow("operator", 443, "clients call the API through Caddy"),
+    VmFlow("operator", 22, "ssh for the operator"),
+    VmFlow("internet", 80, "ACME HTTP-01 from the CA's validation servers, and the redirect to HTTPS", "domain"),
+]
+
+VM_MUST_DENY: list[VmFlow] = [
+    VmFlow("internet", 443, "the API only for allowedCidrs"),
+    VmFlow("internet", 22, "ssh only for allowedCidrs"),
+    VmFlow("internet", 80, "no domain: nothing to validate, port 80 stays closed", "no-domain"),
+    VmFlow("operator", 80, "no domain: nothing to validate, port 80 stays closed", "no-domain"),
+    # Backends, Open WebUI, monitoring and Caddy's internal servers are on the Compose network or
+    # loopback only, whoever asks.
+    *(
+        VmFlow(source, port, "internal only")
+        for source in ("operator", "internet")
+        for port in (8000, 8080, 8081, 8082, 8443, 9090, 9093, 9100, 9180, 9101, 3000, 11434)
+    ),
+]

@@ -467,7 +467,8 @@ def test_every_route_requires_an_api_key_except_the_web_ui() -> None:
 def test_a_domain_gets_acme_and_host_routing_a_site_per_backend() -> None:
     gateway = {"domain": "llm.example.com", "acmeEmail": "ops@example.com"}
     path = caddyfile(settings_for(overrides={"gateway": gateway}))
-    assert "llm.example.com {" in path and "tls ops@example.com" in path and "tls internal" not in path
+    assert "llm.example.com {" in path and "\temail ops@example.com\n" in path and "tls internal" not in path
+    assert "issuer acme {\n\t\t\tdisable_tlsalpn_challenge" in path
     host = caddyfile(settings_for(overrides={"gateway": {**gateway, "routing": "host"}}))
     for name in BACKENDS:
         assert f"{name}.llm.example.com {{" in host

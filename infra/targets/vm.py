@@ -22,7 +22,12 @@ from infra.vm.secrets import data_folders, vm_generated_secrets, vm_secret_files
 def build(cfg: StackConfig, tags: Mapping[str, str]) -> Platform:
     s = cfg.settings
     allowed = [str(c) for c in s.allowed_cidrs]
-    subnet = SubnetSpec(str(s.network.vm_subnet), (InboundRule("ssh", 22, allowed), InboundRule("https", 443, allowed)))
+    inbound = [InboundRule("ssh", 22, allowed), InboundRule("https", 443, allowed)]
+    if s.gateway.domain is not None:
+        # ACME's HTTP-01 validation comes from anywhere; Caddy serves only the challenge and a redirect
+        # to HTTPS on port 80 (infra/vm/caddy.py).
+        inbound.append(InboundRule("http-acme", 80, ["Internet"]))
+    subnet = SubnetSpec(str(s.network.vm_subnet), tuple(inbound))
     # The VM reads these at boot: Grafana's admin password, one API key per client (and Open WebUI's
     # session key when it runs).
     # Alert webhook URLs carry their service's token: Key Vault secrets the VM fetches like the rest,

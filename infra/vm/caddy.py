@@ -17,6 +17,9 @@ from infra.vm.services import hardened
 
 CADDY_IMAGE = images.CADDY
 PROXY_PORT = 8443  # in the container; published as 443
+# Caddy's HTTP port in the container: ACME's HTTP-01 challenge and the redirect to HTTPS. Published as
+# 80 only with a domain (without one the certificate is Caddy's own and nothing needs HTTP).
+PROXY_HTTP_PORT = 8080
 PROXY_HEALTH_PORT = 8081
 # Caddy asks this loopback server before it issues an on-demand certificate: 200 only for the
 # names the stack serves, so a client cannot make it mint and store one per SNI name it invents.
@@ -199,7 +202,7 @@ def caddyfile(settings: StackSettings, backends: Sequence[Backend], public_host:
         "admin off",
         # The adapted configuration holds every API key: never written to disk (autosave.json).
         "persist_config off",
-        "http_port 8080",  # unpublished: HTTP is not served; ACME uses TLS-ALPN on 443
+        f"http_port {PROXY_HTTP_PORT}",
         f"https_port {PROXY_PORT}",
         "skip_install_trust",  # unprivileged: the internal CA is not added to the image's trust store
     ]
@@ -232,10 +235,13 @@ def caddyfile(settings: StackSettings, backends: Sequence[Backend], public_host:
     # Every other server (the first matching `servers` block applies, so this one comes last).
     global_options += ["servers {", *_timeouts(), "}"]
     lines = ["{", *_indent(global_options), "}", ""]
-    # ACME (when a domain is set) must reach this proxy on 443 for its TLS-ALPN challenge: the NSG
-    # admits only allowedCidrs, so the CA's validation servers must be among them (or use a DNS-01
-    # capable build). Without a domain the certificate comes from Caddy's internal CA (self-signed).
-    tls = [f"tls {gateway.acme_email}"] if gateway.domain else ["tls internal {", "\ton_demand", "}"]
+    # With a domain, ACME validates over HTTP-01 on port 80, which the NSG opens to the internet; 443
+    # admits only allowedCidrs, where the CA's validation servers are not, so TLS-ALPN-01 is switched
+    # off rather than left to fail first (a failed validation counts against the CA's rate limits).
+    # The global `email` and `acme_ca` apply to this issuer. Without a domain the certificate comes
+    # from Caddy's internal CA (self-signed).
+    acme = ["tls {", "\tissuer acme {", "\t\tdisable_tlsalpn_challenge", "\t}", "}"]
+    tls = acme if gateway.domain else ["tls internal {", "\ton_demand", "}"]
     # Defines @api_key and @no_api_key (generated at boot from the keys).
     auth = [f"import /run/secrets/{caddy_secret(API_KEYS_CADDY_FILE)}"]
     ui = [
@@ -272,6 +278,14 @@ def caddyfile(settings: StackSettings, backends: Sequence[Backend], public_host:
     return "\n".join(lines) + "\n"
 
 
+def published_ports(settings: StackSettings) -> list[str]:
+    """The proxy's `host:container` ports on the VM's public interface."""
+    ports = [f"443:{PROXY_PORT}"]
+    if settings.gateway.domain:
+        ports.append(f"80:{PROXY_HTTP_PORT}")
+    return ports
+
+
 def add_proxy(
     document: dict[str, Any], settings: StackSettings, backends: Sequence[Backend], public_host: str | None
 ) -> None:
@@ -286,8 +300,9 @@ def add_proxy(
             # The image's caddy binary carries the file capability cap_net_bind_service=+ep; the kernel
             # refuses to exec it when that capability is outside the bounding set.
             "cap_add": ["NET_BIND_SERVICE"],
-            # The only port on a public interface (the NSG admits allowedCidrs on 443).
-            "ports": [f"443:{PROXY_PORT}"],
+            # The only ports on a public interface: 443 (the NSG admits allowedCidrs) and, with a
+            # domain, 80 for ACME's HTTP-01 challenge and the redirect (the NSG admits the internet).
+            "ports": published_ports(settings),
             "configs": [{"source": "caddyfile", "target": "/etc/caddy/Caddyfile"}],
             "secrets": [caddy_secret(API_KEYS_CADDY_FILE), caddy_secret(UPSTREAM_AUTH_CADDY_FILE)],
             # Certificates on the data disk; /config (where Caddy would save the adapted configuration,
