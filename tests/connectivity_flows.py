@@ -223,6 +223,10 @@ MUST_DENY: list[Flow] = [
     ),
     *(Flow(p, "metadata", 80, why="no instance credentials for workloads") for p in OURS),
     *(Flow(p, "node", 10250, why="no kubelet access") for p in OURS),
+    # The monitoring namespace holds more than Prometheus (Grafana and its plugins, Alertmanager):
+    # only Prometheus scrapes, and only what has metrics (Ollama has no /metrics and no API keys).
+    *(Flow("grafana", b, BACKEND_PORT, why="Grafana reads Prometheus, never a backend") for b in BACKENDS),
+    Flow("prometheus", "ollama", BACKEND_PORT, why="Ollama has no /metrics; its API has no key check"),
     Flow("internet", "acme-solver", ACME_SOLVER_PORT, why="the solver is reached only through the gateway"),
     Flow("gateway", "acme-solver", ACME_SOLVER_PORT, why="no domain, no ACME: nothing opens", when="no-domain"),
     Flow("acme-solver", "internet", 443, why="the solver only answers"),

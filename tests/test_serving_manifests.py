@@ -412,7 +412,12 @@ def test_default_deny_then_only_named_flows(rendered: Any) -> None:
         }
     ]
     scrape = policies["allow-metrics-scrape"]["ingress"][0]["from"]
-    assert scrape == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert scrape == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
     download = policies["allow-model-download"]["egress"][0]
     assert "10.0.0.0/8" in download["to"][0]["ipBlock"]["except"] and download["ports"] == [
         {"protocol": "TCP", "port": 443}

@@ -1,10 +1,12 @@
 """NetworkPolicies for the workload namespace: deny everything, then admit only the gateway to the
-backends, Prometheus to their metrics port, every pod to cluster DNS, model downloads (HTTPS to
-the internet, never to private ranges or the instance metadata endpoint) for the pods that need them,
-and, with a domain, the gateway to cert-manager's ACME HTTP-01 solver pods."""
+backends, Prometheus to the metrics port of the backends that have metrics, every pod to cluster
+DNS, model downloads (HTTPS to the internet, never to private ranges or the instance metadata
+endpoint) for the pods that need them, and, with a domain, the gateway to cert-manager's ACME
+HTTP-01 solver pods."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -14,6 +16,10 @@ from infra.conventions import BACKEND_PORT
 from infra.k8s.pods import DOWNLOADS_LABEL, SERVING_LABEL
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+NAME_LABEL = "app.kubernetes.io/name"
+# The Prometheus operator sets this on every Prometheus pod and lets nothing override it (Prometheus
+# CRD, podMetadata): the monitoring namespace also runs Grafana and Alertmanager, which scrape nothing.
+PROMETHEUS_POD_LABELS = {NAME_LABEL: "prometheus"}
 # cert-manager (v1.19) labels every HTTP-01 solver pod it creates in the Certificate's namespace with
 # this, and the solver listens on 8089 (pkg/issuer/acme/http/pod.go).
 ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
@@ -29,6 +35,8 @@ class WorkloadNetworkPoliciesArgs:
     gateway_namespace: str
     gateway_pod_labels: dict[str, str]
     monitoring_namespace: str
+    # The backends Prometheus scrapes (their pods' app.kubernetes.io/name); Ollama has no /metrics.
+    metrics_backends: Sequence[str] = ()
     # Open WebUI's pod labels when it runs (it calls the backends and is reached through the gateway).
     web_ui_labels: dict[str, str] | None = None
     web_ui_port: int = 8080
@@ -67,17 +75,22 @@ def policy_specs(args: WorkloadNetworkPoliciesArgs) -> dict[str, k8s.networking.
                 }
             ],
         },
-        "allow-metrics-scrape": {
-            "pod_selector": serving,
-            "policy_types": ["Ingress"],
-            "ingress": [{"from_": [_from_namespace(args.monitoring_namespace)], "ports": [_tcp(BACKEND_PORT)]}],
-        },
         "allow-model-download": {
             "pod_selector": {"match_labels": {DOWNLOADS_LABEL: "true"}},
             "policy_types": ["Egress"],
             "egress": [{"to": [{"ip_block": {"cidr": "0.0.0.0/0", "except_": PRIVATE_RANGES}}], "ports": [_tcp(443)]}],
         },
     }
+    if args.metrics_backends:
+        prometheus = _from_namespace(args.monitoring_namespace, PROMETHEUS_POD_LABELS)
+        specs["allow-metrics-scrape"] = {
+            "pod_selector": {
+                "match_labels": {SERVING_LABEL: "true"},
+                "match_expressions": [{"key": NAME_LABEL, "operator": "In", "values": list(args.metrics_backends)}],
+            },
+            "policy_types": ["Ingress"],
+            "ingress": [{"from_": [prometheus], "ports": [_tcp(BACKEND_PORT)]}],
+        }
     if args.web_ui_labels is not None:
         ui: k8s.meta.v1.LabelSelectorArgsDict = {"match_labels": args.web_ui_labels}
         backend_clients.append({"pod_selector": ui})

@@ -111,6 +111,7 @@ def workloads(cfg: StackConfig, cluster: Cluster) -> Endpoints:
             gateway_namespace=PROXY_NAMESPACE,
             gateway_pod_labels=PROXY_POD_LABELS,
             monitoring_namespace=s.monitoring.namespace,
+            metrics_backends=[b.name for b in described if b.metrics is not None],
             web_ui_labels=web_ui.labels if web_ui is not None else None,
             acme_solver=s.gateway.domain is not None,
         ),
