@@ -25,25 +25,38 @@ needs_nca = pytest.mark.skipif(
 # `src => dst : conns` lines of `nca --connectivity -o txt_no_fw_rules`.
 _LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conns>.+)$")
 _GROUP = re.compile(r"\{([^}]*)\}")
+_KEY = re.compile(r"(?:^|,)(protocols|src_ports|dst_ports|methods|paths|hosts):")
 
 
 @dataclass(frozen=True)
 class Connection:
     source: str  # `ns/name[Kind]` or an address range `a.b.c.d-e.f.g.h`
     destination: str
-    connections: str  # nca's text: `All connections` or `{protocols:TCP,dst_ports:8000}` groups
+    # nca's text: `All connections`, `No connections`, `{protocols:TCP,dst_ports:8000}` groups, or
+    # `All but {...}` (the complement, when that is shorter).
+    connections: str
 
     def permits(self, protocol: str, port: int) -> bool:
-        if self.connections.strip() == "All connections":
+        text = self.connections.strip()
+        if text == "All connections":
             return True
-        for group in _GROUP.findall(self.connections):
-            protocols, _, ports = group.partition(",dst_ports:")
-            names = {p.strip() for p in protocols.removeprefix("protocols:").split(",")}
-            if protocol not in names:
-                continue
-            if not ports or any(_in_range(port, r) for r in ports.split(",")):
-                return True
-        return False
+        if text == "No connections":
+            return False
+        complement = text.startswith("All but ")
+        matched = any(_group_matches(g, protocol, port) for g in _GROUP.findall(text))
+        return matched != complement
+
+
+def _group_matches(group: str, protocol: str, port: int) -> bool:
+    """Whether one `{key:value,...}` group holds the protocol and destination port (an absent key
+    holds everything)."""
+    keys = list(_KEY.finditer(group))
+    values = {
+        m[1]: group[m.end() : keys[i + 1].start() if i + 1 < len(keys) else len(group)] for i, m in enumerate(keys)
+    }
+    protocols = {p.strip() for p in values.get("protocols", protocol).split(",")}
+    ports = values.get("dst_ports")
+    return protocol in protocols and (ports is None or any(_in_range(port, r) for r in ports.split(",")))
 
 
 def _in_range(port: int, text: str) -> bool:
@@ -52,12 +65,15 @@ def _in_range(port: int, text: str) -> bool:
 
 
 def covers(endpoint: str, ip: str) -> bool:
-    """Whether nca's endpoint (an IPv4 address range; nca prints IPv6 only with --print_ipv6) holds the address."""
-    if "-" not in endpoint or "/" in endpoint or "[" in endpoint:
+    """Whether nca's endpoint holds the address: an IPv4 range `a-b`, a CIDR or one address (nca prints
+    IPv6 only with --print_ipv6); a pod (`ns/name[Kind]`) holds none."""
+    if "[" in endpoint:
         return False
     low, _, high = endpoint.partition("-")
     try:
-        return ipaddress.IPv4Address(low) <= ipaddress.IPv4Address(ip) <= ipaddress.IPv4Address(high)
+        if high:
+            return ipaddress.IPv4Address(low) <= ipaddress.IPv4Address(ip) <= ipaddress.IPv4Address(high)
+        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(endpoint, strict=False)
     except ValueError:
         return False
 

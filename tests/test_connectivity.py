@@ -183,3 +183,31 @@ def test_the_analysis_sees_policies(analysed: Any) -> None:
     vllm, ollama = analysis.endpoint("vllm"), analysis.endpoint("ollama")
     assert (vllm, ollama) not in pairs
     assert (analysis.endpoint("gateway"), vllm) in pairs
+
+
+@pytest.mark.parametrize(
+    ("text", "tcp_8000", "udp_53", "tcp_443"),
+    [
+        ("All connections", True, True, True),
+        ("No connections", False, False, False),
+        ("{protocols:TCP,dst_ports:8000}", True, False, False),
+        ("{protocols:TCP, UDP,dst_ports:53}", False, True, False),
+        ("{protocols:TCP,dst_ports:443,8000-8001}", True, False, True),
+        ("{protocols:UDP}", False, True, False),
+        ("All but {protocols:TCP,dst_ports:443}", True, True, False),
+    ],
+)
+def test_nca_connection_text_is_read_as_nca_writes_it(text: str, tcp_8000: bool, udp_53: bool, tcp_443: bool) -> None:
+    """nca's ConnectivityProperties text (2.1.0, CoreDS/ConnectivityProperties.py): groups, complements."""
+    connection = Connection("a", "b", text)
+    assert (connection.permits("TCP", 8000), connection.permits("UDP", 53), connection.permits("TCP", 443)) == (
+        tcp_8000,
+        udp_53,
+        tcp_443,
+    )
+
+
+def test_nca_addresses_are_read_as_ranges_cidrs_or_single_addresses() -> None:
+    assert covers("11.0.0.0-100.63.255.255", "100.63.0.1") and not covers("11.0.0.0-100.63.255.255", "10.0.0.1")
+    assert covers("10.41.0.1", "10.41.0.1") and covers("10.41.0.0/16", "10.41.0.1")
+    assert not covers("slm-serving/vllm[Deployment]", "10.41.0.1")
