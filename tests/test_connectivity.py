@@ -41,6 +41,9 @@ VARIANTS = {
         "prod", "aks", {"gateway": DOMAIN, "webUi": {"enabled": True}}, frozenset({"gpu", "domain"})
     ),
     "local": Variant("local", "cluster", {}, frozenset({"no-domain"})),
+    "local-domain": Variant(
+        "local", "cluster", {"gateway": {**DOMAIN, "address": "llm.example.com"}}, frozenset({"domain"})
+    ),
 }
 
 _KINDS = {
