@@ -58,6 +58,7 @@ class Monitor:
     port: str
     job_label: str | None = None
     labels: dict[str, str] = field(default_factory=dict)  # the monitor's own labels
+    match_expressions: tuple[dict[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,12 @@ STAND_INS: dict[str, StandIn] = {
         },
         container_ports={"metrics": 19001, "readiness": 19003},
     ),
-    # cert-manager's chart (deploy/charts/cert-manager, v1.19 line): templates/service.yaml puts
-    # the controller's metrics behind port `tcp-prometheus-servicemonitor` (9402), targetPort
-    # prometheus.servicemonitor.targetPort (9402); templates/deployment.yaml names the controller's
-    # container port 9402 `http-metrics`. Its ServiceMonitor is off by default (ours is used).
+    # cert-manager's chart (cert-manager/cert-manager deploy/charts/cert-manager): templates/service.yaml
+    # (created with prometheus.enabled, the default) puts the controller's metrics behind Service port
+    # `tcp-prometheus-servicemonitor` (9402), targetPort prometheus.servicemonitor.targetPort (9402),
+    # selecting name/instance/component; templates/deployment.yaml exposes the controller's 9402 as
+    # `http-metrics` (unnamed in old releases: the numeric targetPort reaches it either way). The
+    # chart's own ServiceMonitor is off by default; ours (infra/k8s/monitoring.py) is used.
     "cert-manager": StandIn(
         component=CERT_MANAGER,
         source="cert-manager chart v1.19.2 templates/service.yaml, templates/deployment.yaml",
@@ -174,9 +177,15 @@ STAND_INS: dict[str, StandIn] = {
 # kube-prometheus-stack 79.7.1 values.yaml: the Prometheus it installs selects monitors carrying
 # `release: <release>` unless <kind>SelectorNilUsesHelmValues is false (then every monitor), in every
 # namespace (serviceMonitorNamespaceSelector / podMonitorNamespaceSelector default {}).
+# (The operator reads a nil namespace selector as "Prometheus's own namespace only"; the chart's {} is
+# every namespace.)
 KUBE_PROMETHEUS_STACK_SELECTORS = {
-    "ServiceMonitor": ("serviceMonitorSelectorNilUsesHelmValues", "serviceMonitorSelector"),
-    "PodMonitor": ("podMonitorSelectorNilUsesHelmValues", "podMonitorSelector"),
+    "ServiceMonitor": (
+        "serviceMonitorSelectorNilUsesHelmValues",
+        "serviceMonitorSelector",
+        "serviceMonitorNamespaceSelector",
+    ),
+    "PodMonitor": ("podMonitorSelectorNilUsesHelmValues", "podMonitorSelector", "podMonitorNamespaceSelector"),
 }
 
 # --- The VM: what each Compose service listens on when its command does not say ------------------

@@ -210,18 +210,18 @@ def _our_monitors(rec: recording.Recording) -> list[PlacedMonitor]:
                     namespace=meta["namespace"],
                     labels=meta.get("labels", {}),
                     monitor=Monitor(
-                        kind, meta["name"], selector.get("matchLabels", {}), endpoint["port"], spec.get("jobLabel")
+                        kind,
+                        meta["name"],
+                        selector.get("matchLabels", {}),
+                        endpoint["port"],
+                        spec.get("jobLabel"),
+                        match_expressions=tuple(selector.get("matchExpressions", [])),
                     ),
                     namespaces=namespaces,
                     job=_relabelled_job(endpoint.get("relabelings", [])),
                 )
             )
-            # matchExpressions are kept on the side: Monitor carries matchLabels only.
-            _EXPRESSIONS[(kind, meta["name"])] = selector.get("matchExpressions", [])
     return placed
-
-
-_EXPRESSIONS: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
 
 def _release(value: object, release: str) -> Any:
@@ -340,7 +340,9 @@ def _chart_monitor_enabled(chart: str, values: Mapping[str, Any]) -> bool:
 def _prometheus_selects(cluster: Cluster, placed: PlacedMonitor) -> bool:
     assert cluster.prometheus_values is not None
     spec = cluster.prometheus_values.get("prometheus", {}).get("prometheusSpec", {})
-    nil_uses_helm, selector_key = KUBE_PROMETHEUS_STACK_SELECTORS[placed.monitor.kind]
+    nil_uses_helm, selector_key, namespace_key = KUBE_PROMETHEUS_STACK_SELECTORS[placed.monitor.kind]
+    # The chart's default ({}: every namespace) is all this check knows how to read.
+    assert spec.get(namespace_key, {}) == {}, f"prometheusSpec.{namespace_key} is set: extend the check"
     selector = spec.get(selector_key)
     if selector is None:
         selector = (
@@ -354,7 +356,7 @@ def _monitor_targets(cluster: Cluster, placed: PlacedMonitor) -> Iterator[tuple[
     monitor = placed.monitor
     selector = {
         "matchLabels": monitor.match_labels,
-        "matchExpressions": _EXPRESSIONS.get((monitor.kind, monitor.name), []),
+        "matchExpressions": list(monitor.match_expressions),
     }
 
     def in_scope(namespace: str) -> bool:
@@ -412,6 +414,12 @@ def _listens_on(name: str, service: dict[str, Any], document: dict[str, Any]) ->
 
 def vm_scraped(settings: StackSettings) -> tuple[dict[str, set[str]], dict[str, Any]]:
     document = yaml.safe_load(compose_project(settings, REGISTRY))
+    return vm_components(document, settings), document
+
+
+def vm_components(document: dict[str, Any], settings: StackSettings) -> dict[str, set[str]]:
+    """Component -> the jobs of the rendered prometheus.yml that reach it: a Compose service, on a
+    port it listens on."""
     prometheus = yaml.safe_load(document["configs"]["prometheus"]["content"])
     backends = {b.name: b for b in registry.enabled(settings.backends, Paths(secrets="/run/secrets"))}
     components: dict[str, set[str]] = {}
@@ -432,7 +440,7 @@ def vm_scraped(settings: StackSettings) -> tuple[dict[str, set[str]], dict[str, 
                         found.add(ONNX_SERVER)
                 for c in found:
                     components.setdefault(c, set()).add(job["job_name"])
-    return components, document
+    return components
 
 
 # --- Coverage -----------------------------------------------------------------------------------
@@ -616,6 +624,16 @@ def test_the_check_finds_a_monitor_prometheus_does_not_select(rendered: Any) -> 
     # ServiceMonitors now need kube-prometheus-stack's `release` label: only kube-state-metrics' has it
     # (the PodMonitor selector is still open: the gateway stays).
     assert set(scraped_components(cluster)) == {KUBE_STATE_METRICS, ENVOY}
+
+
+def test_the_check_finds_a_vm_job_on_a_port_nothing_listens_on() -> None:
+    settings = settings_for("dev")
+    document = yaml.safe_load(compose_project(settings, REGISTRY))
+    assert vm_components(document, settings)[CADDY] == {"slm-gateway"}
+    # The proxy's public port, not its metrics site: the job scrapes nothing of Caddy's.
+    prometheus = document["configs"]["prometheus"]
+    prometheus["content"] = prometheus["content"].replace("proxy:9180", "proxy:8443")
+    assert CADDY not in vm_components(document, settings)
 
 
 def test_the_parser_is_prometheus_and_rejects_what_it_rejects(promql: PromQL) -> None:
