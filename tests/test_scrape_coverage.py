@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +34,7 @@ import yaml
 from infra.backends import registry
 from infra.backends.description import Paths
 from infra.config import StackSettings
-from infra.monitoring_files import RULE_GROUP_INPUTS, shared_rule_files, unloaded_groups
+from infra.monitoring_files import RULE_GROUP_INPUTS, shared_rule_files, target_rule_files, unloaded_groups
 from infra.vm.compose import compose_project
 from offline import recording
 from tests.promql_selectors import PromQL, Reads, Selector, prometheus_parser
@@ -582,6 +584,19 @@ def test_rules_a_stack_cannot_feed_are_left_out_by_name(stack: str, rendered: An
     assert not names & EXPECTED_UNLOADED[stack]
     assert set(RULE_GROUP_INPUTS) - EXPECTED_UNLOADED[stack] <= names
     assert loaded.alerts
+
+
+@pytest.mark.parametrize("stack", ["prod", "local", "dev"])
+def test_the_rule_files_a_stack_loads_pass_promtool(stack: str, tmp_path: Path) -> None:
+    """What is left after the groups are taken out is still a valid rule file set."""
+    paths = []
+    for name, text in target_rule_files(settings_for(stack)).items():
+        paths.append(tmp_path / name)
+        paths[-1].write_text(text)
+    result = subprocess.run(
+        ["promtool", "check", "rules", *map(str, paths)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_vm_leaves_certificate_and_kubernetes_rules_out_because_it_runs_neither() -> None:
