@@ -19,6 +19,22 @@ THRESHOLDS_GROUP = "slm-serving.thresholds"
 PRICES_GROUP = "slm-serving.prices"
 STARTUP_RECORD = "slm:threshold:startup_seconds"
 
+# Shared rule groups that read something not every stack has: group -> what it needs. A stack without
+# one of them does not load the group (target_rule_files), so no rule waits for an input it can never
+# have; every other group reads only the backends, the gateway and Prometheus itself (every stack).
+KUBE_STATE_METRICS = "kube-state-metrics"
+DCGM_EXPORTER = "dcgm-exporter"
+CERT_MANAGER = "cert-manager"
+GPU_PRICES = "GPU prices (monitoring.gpuHourlyUsd)"
+RULE_GROUP_INPUTS: dict[str, tuple[str, ...]] = {
+    "slm-serving.kubernetes-alerts": (KUBE_STATE_METRICS,),
+    "slm-serving.node-sizes": (KUBE_STATE_METRICS,),
+    "slm-serving.gpu-alerts": (DCGM_EXPORTER,),
+    "slm-serving.gpu": (DCGM_EXPORTER,),
+    "slm-serving.cost": (DCGM_EXPORTER, GPU_PRICES),
+    "slm-serving.certificate-alerts": (CERT_MANAGER,),
+}
+
 
 def _number(value: float) -> str:
     return repr(float(value))
@@ -73,6 +89,50 @@ def rule_files(settings: StackSettings) -> dict[str, str]:
     shared = shared_rule_files()
     assert THRESHOLDS_FILE not in shared, f"monitoring/rules/{THRESHOLDS_FILE} would shadow the rendered file"
     return {**shared, THRESHOLDS_FILE: threshold_rules(settings)}
+
+
+def rule_inputs(settings: StackSettings) -> frozenset[str]:
+    """What the stack has of RULE_GROUP_INPUTS. Kubernetes: kube-state-metrics always
+    (kube-prometheus-stack's, or the cluster's own Prometheus stack's with `monitoring.install: false`),
+    cert-manager when the stack installs it (its ServiceMonitor is ours, infra/k8s/monitoring.py). The VM
+    runs neither: Caddy renews its certificates itself and reports no expiry. Both: the DCGM exporter
+    where a GPU is, and GPU prices when configured."""
+    inputs: set[str] = set()
+    if settings.monitoring.gpu_hourly_usd:
+        inputs.add(GPU_PRICES)
+    if settings.target == "vm":
+        if settings.vm.has_gpu:
+            inputs.add(DCGM_EXPORTER)
+        return frozenset(inputs)
+    inputs.add(KUBE_STATE_METRICS)
+    if settings.uses_gpu:
+        inputs.add(DCGM_EXPORTER)
+    if settings.addons.cert_manager:
+        inputs.add(CERT_MANAGER)
+    return frozenset(inputs)
+
+
+def unloaded_groups(settings: StackSettings) -> dict[str, tuple[str, ...]]:
+    """Shared rule groups the stack does not load: group -> what it needs and the stack lacks."""
+    present = rule_inputs(settings)
+    unloaded = {group: tuple(n for n in needs if n not in present) for group, needs in RULE_GROUP_INPUTS.items()}
+    return {group: lacking for group, lacking in unloaded.items() if lacking}
+
+
+def target_rule_files(settings: StackSettings) -> dict[str, str]:
+    """The rule files the stack loads: rule_files without the groups whose input it lacks
+    (unloaded_groups); a file that lost a group names it in its header."""
+    unloaded = unloaded_groups(settings)
+    files = rule_files(settings)
+    for name, text in files.items():
+        groups = yaml.safe_load(text)["groups"]
+        dropped = [g["name"] for g in groups if g["name"] in unloaded]
+        if not dropped:
+            continue
+        header = "".join(f"# Not loaded on this target: {g} (needs {', '.join(unloaded[g])}).\n" for g in dropped)
+        kept = [g for g in groups if g["name"] not in unloaded]
+        files[name] = header + yaml.safe_dump({"groups": kept}, sort_keys=False)
+    return files
 
 
 def dashboards() -> dict[str, str]:

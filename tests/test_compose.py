@@ -210,11 +210,11 @@ def test_dollars_are_escaped_so_compose_interpolates_nothing() -> None:
     text = compose_project(settings_for(), REGISTRY)
     assert re.search(r"(?<!\$)\$(?!\$)", text.replace("$$", "")) is None
     compose = interpolated(yaml.safe_load(text))
-    from infra.monitoring_files import MONITORING
+    from infra.monitoring_files import target_rule_files
 
-    alerts = MONITORING / "rules" / "alerts.rules.yml"
-    assert "$labels" in alerts.read_text()
-    assert compose["configs"]["rules-alerts.rules"]["content"] == alerts.read_text()
+    alerts = target_rule_files(settings_for())["alerts.rules.yml"]
+    assert "$labels" in alerts
+    assert compose["configs"]["rules-alerts.rules"]["content"] == alerts
 
 
 # --- backends ----------------------------------------------------------------------------------

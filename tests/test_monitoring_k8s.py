@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS
-from infra.monitoring_files import dashboards, rule_files
+from infra.monitoring_files import dashboards, target_rule_files
 from offline import recording
 from tests.conftest import run_stack
 from tests.test_compose import settings_for
@@ -87,7 +87,7 @@ def test_gateway_pod_monitor_selects_the_envoy_proxies(rendered: Any) -> None:
 def test_rules_and_dashboards_carry_the_files_content(rendered: Any) -> None:
     rec = rendered("prod")
     rules = {m["metadata"]["name"]: m["spec"] for m in kinds(rec, "PrometheusRule")}
-    files = rule_files(settings_for("prod"))
+    files = target_rule_files(settings_for("prod"))
     assert len(rules) == len(files) >= 3
     for name, content in files.items():
         assert rules[f"slm-serving-{name.split('.', 1)[0]}"] == yaml.safe_load(content), name

@@ -150,14 +150,14 @@ def _compose(rec: Any) -> dict[str, Any]:
 
 
 def test_vm_runs_monitoring_with_the_shared_rules_and_dashboards(rendered: Any) -> None:
-    from infra.monitoring_files import THRESHOLDS_FILE, dashboards, rule_files
+    from infra.monitoring_files import THRESHOLDS_FILE, dashboards, target_rule_files
 
     compose = _compose(rendered("dev"))
     services, configs = compose["services"], compose["configs"]
     assert {"prometheus", "grafana", "node-exporter", "dcgm-exporter"} <= set(services)
     settings = settings_for("dev")
     # Compose reads `$$` as `$` (alert templates, dashboard variables).
-    rules = rule_files(settings)
+    rules = target_rule_files(settings)
     assert THRESHOLDS_FILE in rules and len(rules) == 3
     mounts = {m["source"]: m["target"] for m in services["prometheus"]["configs"]}
     for name, text in rules.items():

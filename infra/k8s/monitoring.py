@@ -32,6 +32,12 @@ GATEWAY_JOB = JOBS["gateway"]
 DCGM_JOB = "slm-dcgm"
 # Envoy Gateway's proxy container serves Prometheus stats on this port.
 ENVOY_METRICS_PORT = 19001
+# cert-manager's chart (v1.19, templates/service.yaml) puts the controller's metrics behind this
+# Service port, on the Service it labels as below; the chart's own ServiceMonitor is off by default.
+CERT_MANAGER_SELECTOR = {"app.kubernetes.io/name": "cert-manager", "app.kubernetes.io/component": "controller"}
+CERT_MANAGER_METRICS_PORT = "tcp-prometheus-servicemonitor"
+# Not slm-*: BackendDown (up{job=~"slm-.*"}) is about what serves requests.
+CERT_MANAGER_JOB = "cert-manager"
 DASHBOARD_LABEL = "grafana_dashboard"
 GRAFANA_SECRET = "grafana-admin"  # noqa: S105 (a Secret's name)
 RECEIVERS_SECRET = "alertmanager-receivers"  # noqa: S105 (a Secret's name)
@@ -58,6 +64,10 @@ class MonitoringArgs:
     receiver_urls: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
     # The gateway add-on's chart: the PodMonitor lives in its namespace.
     gateway_depends_on: Sequence[pulumi.Resource] = ()
+    # Where the stack installs cert-manager (None: it does not); its ServiceMonitor lives there, after
+    # the add-on's chart.
+    cert_manager_namespace: str | None = None
+    cert_manager_depends_on: Sequence[pulumi.Resource] = ()
 
 
 def stack_values(config: MonitoringConfig, alertmanager: dict[str, object]) -> dict[str, object]:
@@ -243,6 +253,26 @@ class MonitoringStack(pulumi.ComponentResource):
             },
             after=args.gateway_depends_on,
         )
+        if args.cert_manager_namespace is not None:
+            # CertificateExpiringSoon reads the controller's certmanager_certificate_* series.
+            monitoring_object(
+                "cert-manager",
+                "ServiceMonitor",
+                "slm-serving-cert-manager",
+                args.cert_manager_namespace,
+                {
+                    "selector": {"matchLabels": CERT_MANAGER_SELECTOR},
+                    "endpoints": [
+                        {
+                            "port": CERT_MANAGER_METRICS_PORT,
+                            "path": "/metrics",
+                            "interval": "60s",
+                            "relabelings": [{"targetLabel": "job", "replacement": CERT_MANAGER_JOB}],
+                        }
+                    ],
+                },
+                after=args.cert_manager_depends_on,
+            )
         self.rule_names = []
         for file_name, content in sorted(args.rule_files.items()):
             rule = rule_name(file_name)

@@ -11,7 +11,7 @@ from infra.backends.description import Paths
 from infra.config import StackConfig
 from infra.conventions import API_KEYS_FILE, HF_TOKEN_FILE
 from infra.endpoints import Endpoints, routes
-from infra.k8s.addons import ClusterAddons, ClusterAddonsArgs
+from infra.k8s.addons import CERT_MANAGER, ClusterAddons, ClusterAddonsArgs
 from infra.k8s.api_keys import ApiKeys, ApiKeysArgs
 from infra.k8s.backend import SECRETS_MOUNT, BackendArgs, BackendPlatform, BackendWorkload, SecretSource
 from infra.k8s.gateway import PROXY_NAMESPACE, PROXY_POD_LABELS, ServingGateway, ServingGatewayArgs
@@ -20,7 +20,7 @@ from infra.k8s.monitoring import RECEIVERS_MOUNT, MonitoringArgs, MonitoringStac
 from infra.k8s.namespaces import WORKLOAD_NAMESPACE, WorkloadNamespace, WorkloadNamespaceArgs
 from infra.k8s.network_policies import WorkloadNetworkPolicies, WorkloadNetworkPoliciesArgs
 from infra.k8s.web_ui import WebUi, WebUiArgs
-from infra.monitoring_files import alertmanager_document, dashboards, rule_files
+from infra.monitoring_files import alertmanager_document, dashboards, target_rule_files
 from infra.targets.platform import Cluster
 
 
@@ -124,7 +124,7 @@ def workloads(cfg: StackConfig, cluster: Cluster) -> Endpoints:
             config=s.monitoring,
             metrics_backends=[b.name for b in described if b.metrics is not None],
             workload_namespace=namespace.name,
-            rule_files=rule_files(s),
+            rule_files=target_rule_files(s),
             dashboards=dashboards(),
             alertmanager=alertmanager_document(s, url_file_dir=RECEIVERS_MOUNT),
             uses_gpu=s.uses_gpu,
@@ -134,6 +134,8 @@ def workloads(cfg: StackConfig, cluster: Cluster) -> Endpoints:
                 r.name: pulumi.Output.secret(r.webhook_url) for r in s.monitoring.receivers if r.webhook_url
             },
             gateway_depends_on=addons.gateway_dependencies,
+            cert_manager_namespace=CERT_MANAGER.namespace if s.addons.cert_manager else None,
+            cert_manager_depends_on=addons.gateway_dependencies,
         ),
         opts=in_namespace,
     )

@@ -14,7 +14,7 @@ from infra import images
 from infra.backends.description import Backend
 from infra.config import StackSettings
 from infra.conventions import JOBS
-from infra.monitoring_files import alertmanager_config, dashboards, rule_files
+from infra.monitoring_files import alertmanager_config, dashboards, target_rule_files
 from infra.vm.caddy import PROXY_METRICS_PORT
 from infra.vm.secrets import (
     GRAFANA_PASSWORD_FILE,
@@ -79,7 +79,7 @@ def add_monitoring(document: dict[str, Any], settings: StackSettings, backends: 
     Alertmanager when receivers are configured."""
     services, configs = document["services"], document.setdefault("configs", {})
     configs["prometheus"] = {"content": _prometheus_config(settings, backends)}
-    rule_mounts = _file_configs(configs, rule_files(settings), "rules", "/etc/prometheus/rules")
+    rule_mounts = _file_configs(configs, target_rule_files(settings), "rules", "/etc/prometheus/rules")
     services["prometheus"] = hardened(
         {
             "image": PROMETHEUS_IMAGE,
