@@ -92,7 +92,7 @@ def test_variants_pass_too(pack: engine.Pack) -> None:
 
 
 def test_unpinned_images_and_charts_are_caught(pack: engine.Pack, rendered: Any) -> None:
-    deployment = _one(rendered("local"), "kubernetes:apps/v1:Deployment", "ollama")
+    deployment = _one(rendered("prod"), "kubernetes:apps/v1:Deployment", "ollama")
     for image in ("ollama/ollama", "ollama/ollama:latest", "registry.local:5000/ollama"):
         bad = _with(deployment, lambda p, i=image: _container(p).__setitem__("image", i))
         assert list(_failed(pack, [bad])) == ["images-pinned"], image
