@@ -312,7 +312,9 @@ def test_vllm_arguments_come_from_the_config_and_its_key_from_a_file() -> None:
     assert args[:2] == ["serve", "microsoft/Phi-4-mini-instruct"] and value("--revision") == "main"
     assert value("--served-model-name") == "phi4" and value("--max-model-len") == "8192"
     assert value("--quantization") == "awq" and "--enable-auto-tool-choice" not in args
-    assert value("--gpu-memory-utilization") == "0.9" and value("--max-num-seqs") == "64"
+    dev_vllm = stack_value("dev", "backends")["vllm"]
+    assert value("--gpu-memory-utilization") == f"{dev_vllm['gpuMemoryUtilization']:g}"
+    assert value("--max-num-seqs") == str(dev_vllm["maxNumSeqs"])
     default = interpolated(render())["services"]["vllm"]
     tool = vllm_serve(default)
     assert tool[tool.index("--tool-call-parser") + 1] == "phi4_mini_markers" and "--quantization" not in tool
@@ -366,7 +368,8 @@ def test_onnx_serves_the_converted_model_with_the_key_file(rendered: Any) -> Non
     assert args[args.index("--max-batch") + 1] == "16" and args[args.index("--max-waiting") + 1] == "64"
     assert onnx["image"].startswith(f"{REGISTRY}/slm-serving/onnx-server:")
     assert not onnx["image"].endswith("-cuda") and not _gpu_reserved(onnx)
-    gpu = render({"backends": backends_with(onnx={"device": "gpu"})})["services"]["onnx"]
+    # Three GPU backends would not share the T4 (the placement rule): vLLM and ONNX on the GPU.
+    gpu = render({"backends": backends_with(onnx={"device": "gpu"}, ollama={"enabled": False})})["services"]["onnx"]
     assert gpu["image"].endswith("-cuda") and _gpu_reserved(gpu)
 
 
@@ -395,7 +398,8 @@ def test_ollama_variants_become_modelfiles(rendered: Any) -> None:
         assert script.index(f"ollama create {variant.name} ") < script.index(ready)
     env = compose["services"]["ollama"]["environment"]
     assert env["OLLAMA_KEEP_ALIVE"] == "-1" and env["OLLAMA_FLASH_ATTENTION"] == "1"
-    assert env["OLLAMA_NUM_PARALLEL"] == "4" and env["OLLAMA_MAX_LOADED_MODELS"] == "3"
+    assert env["OLLAMA_NUM_PARALLEL"] == str(settings.backends.ollama.num_parallel)
+    assert env["OLLAMA_MAX_LOADED_MODELS"] == "3"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -177,3 +177,54 @@ def test_shared_types_refuse_a_value_the_same_way_everywhere() -> None:
             for key in keys
         }
         assert len(messages) == 1 and kind in messages.pop(), (kind, found)
+
+
+# --- placement: a stack whose pods cannot be placed is refused (infra/placement.py) -------------------
+
+
+def test_a_pod_larger_than_any_node_it_may_use_is_refused_with_what_fits() -> None:
+    onnx = {**stack_value("prod", "backends")["onnx"], "resources": {"cpu": "4", "memory": "8Gi"}}
+    backends = {**stack_value("prod", "backends"), "onnx": onnx}
+    message = one(problems("prod", {"backends": backends}), "slm-serving:backends.onnx.resources.cpu")
+    assert "requests 4 CPUs" in message
+    assert "(system pool Standard_D4ds_v5) allocates 3.86 CPUs" in message
+    assert "Request at most 3410m" in message
+
+
+def test_a_job_that_tolerates_the_gpu_pools_is_judged_against_them_too() -> None:
+    onnx = copy.deepcopy(stack_value("prod", "backends")["onnx"])
+    onnx["conversion"] = {"memory": "500Gi"}
+    backends = {**stack_value("prod", "backends"), "onnx": onnx}
+    message = one(problems("prod", {"backends": backends}), "slm-serving:backends.onnx.conversion.memory")
+    assert "(a10 pool Standard_NV36ads_A10_v5)" in message
+
+
+def test_vm_backends_sharing_one_gpu_beyond_its_memory_are_refused() -> None:
+    vllm = {**stack_value("dev", "backends")["vllm"], "gpuMemoryUtilization": 0.9}
+    backends = {**stack_value("dev", "backends"), "vllm": vllm}
+    message = one(problems("dev", {"backends": backends}), "slm-serving:backends.vllm.gpuMemoryUtilization")
+    assert "share one 16GiB GPU on Standard_NC4as_T4_v3 and hold 18.9GiB" in message
+    assert "vllm 14.4GiB" in message and "ollama 4.5GiB" in message
+
+
+def test_vm_limits_above_the_vm_are_refused() -> None:
+    backends = copy.deepcopy(stack_value("dev", "backends"))
+    backends["vllm"]["resources"] = {"cpu": "8", "memory": "8Gi"}
+    backends["onnx"]["conversion"]["memory"] = "32Gi"
+    found = problems("dev", {"backends": backends})
+    assert "at most 4" in one(found, "slm-serving:backends.vllm.resources.cpu")
+    assert "after 3.0Gi for the OS" in one(found, "slm-serving:backends.onnx.conversion.memory")
+
+
+def test_a_local_stack_larger_than_its_nodes_is_refused() -> None:
+    backends = copy.deepcopy(stack_value("local", "backends"))
+    backends["ollama"]["enabled"] = True
+    message = one(problems("local", {"backends": backends}), "slm-serving:backends.onnx.resources.memory")
+    assert "the stack and its add-ons request" in message
+    assert "1 node(s) of 4 CPU / 8Gi" in message and "control plane" in message
+
+
+def test_cluster_gpu_node_taints_are_checked_like_pool_taints() -> None:
+    cluster = {"context": "kind-slm", "gpuNodes": {"taints": ["gpu"]}}
+    message = one(problems("local", {"cluster": cluster}), "slm-serving:cluster.gpuNodes.taints")
+    assert "is not 'key=value:Effect'" in message

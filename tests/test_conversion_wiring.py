@@ -34,10 +34,15 @@ def _job(rec: recording.Recording) -> dict[str, Any]:
     return rec.one(JOB, "-onnx-prepare").plain
 
 
+def _stack_conversion(stack: str) -> ConversionConfig:
+    """The stack file's conversion settings (local and dev fetch the prebuilt int4 model)."""
+    return ConversionConfig.model_validate(stack_value(stack, "backends")["onnx"].get("conversion", {}))
+
+
 @pytest.mark.parametrize("stack", ["prod", "local"])
 def test_job_name_and_output_carry_the_conversion_key(stack: str) -> None:
     job = _job(run_stack(stack))
-    key = conversion_spec(ConversionConfig(), "cpu-int4").key()
+    key = conversion_spec(_stack_conversion(stack), "cpu-int4").key()
     assert job["metadata"]["name"] == f"convert-{key}"
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--out") + 1] == f"/models/{key}"
@@ -163,7 +168,7 @@ def test_vm_runs_the_conversion_once_before_the_server() -> None:
     files = {f["path"]: f["content"] for f in document["write_files"]}
     compose = yaml.safe_load(files["/opt/slm-serving/compose.yaml"])
     service = compose["services"]["convert"]
-    key = conversion_spec(ConversionConfig(), "cpu-int4").key()
+    key = conversion_spec(_stack_conversion("dev"), "cpu-int4").key()
     # One shot, retried on failure; the server starts once it has finished.
     assert service["restart"] == "on-failure:2"
     assert compose["services"]["onnx"]["depends_on"] == {"convert": {"condition": "service_completed_successfully"}}

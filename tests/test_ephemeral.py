@@ -32,6 +32,7 @@ from delivery.ephemeral import (
 )
 from delivery.smoke import SmokeConfigError, SmokeReport, smoke_test, tls_verify
 from offline.recording import PROJECT_ROOT
+from tests.conftest import stack_value
 from tests.server_support import API_KEY, Server
 
 TODAY = dt.date(2025, 6, 10)
@@ -163,7 +164,7 @@ def test_merge_copies_the_base_forces_test_settings_and_applies_overrides() -> N
     config = result.config
     assert config[f"{NS}:target"] == "vm"
     assert config[f"{NS}:owner"] == "platform-team"
-    assert config[f"{NS}:backends"]["onnx"] == {"enabled": True, "device": "cpu"}
+    assert config[f"{NS}:backends"]["onnx"] == stack_value("dev", "backends")["onnx"]  # copied unchanged
     assert config["pulumi:disable-default-providers"] == ["kubernetes"]
     assert config[f"{NS}:environment"] == "test"
     assert config[f"{NS}:expiresOn"] == "2025-06-12"

@@ -92,7 +92,7 @@ def test_variants_pass_too(pack: engine.Pack) -> None:
 
 
 def test_unpinned_images_and_charts_are_caught(pack: engine.Pack, rendered: Any) -> None:
-    deployment = _one(rendered("local"), "kubernetes:apps/v1:Deployment", "ollama")
+    deployment = _one(rendered("prod"), "kubernetes:apps/v1:Deployment", "ollama")
     for image in ("ollama/ollama", "ollama/ollama:latest", "registry.local:5000/ollama"):
         bad = _with(deployment, lambda p, i=image: _container(p).__setitem__("image", i))
         assert list(_failed(pack, [bad])) == ["images-pinned"], image
@@ -141,14 +141,15 @@ def test_unknowns_in_a_preview_are_not_judged_but_the_rest_is(pack: engine.Pack,
 
 
 def test_public_route_without_an_api_key_is_caught(pack: engine.Pack, rendered: Any) -> None:
-    regs = rendered("local").resources
+    # Both backends' routes: the local stack with Ollama beside ONNX would not fit its laptop node.
+    regs = rendered("prod").resources
     route = next(r for r in regs if r.type.endswith(":HTTPRoute"))
     extra = _with(route, lambda p: p["metadata"].__setitem__("name", "debug"), urn=route.urn + "-debug")
     assert _failed(pack, [*regs, extra]) == {
         "public-endpoints-authenticated": ["HTTPRoute debug is reachable without an API key"]
     }
     without_policy = [r for r in regs if not r.type.endswith(":SecurityPolicy")]
-    assert len(_failed(pack, without_policy)["public-endpoints-authenticated"]) == 2
+    assert len(_failed(pack, without_policy)["public-endpoints-authenticated"]) == 3  # vllm, ollama, onnx
     service = next(r for r in regs if r.type == "kubernetes:core/v1:Service")
     exposed = _with(service, lambda p: p["spec"].__setitem__("type", "LoadBalancer"), urn=service.urn + "-lb")
     assert "LoadBalancer" in _failed(pack, [*regs, exposed])["public-endpoints-authenticated"][0]
@@ -171,7 +172,7 @@ def test_credentials_in_env_literals_are_caught(pack: engine.Pack, rendered: Any
 
 
 def test_credentials_in_config_maps_helm_values_and_custom_data_are_caught(pack: engine.Pack, rendered: Any) -> None:
-    config_map = _one(rendered("local"), "kubernetes:core/v1:ConfigMap", "modelfiles")
+    config_map = _one(rendered("prod"), "kubernetes:core/v1:ConfigMap", "modelfiles")
     leaked = _with(
         config_map, lambda p: p.setdefault("data", {}).__setitem__("api-key", "sk-test-0123456789abcdefghij")
     )
@@ -201,7 +202,7 @@ def test_credentials_in_config_maps_helm_values_and_custom_data_are_caught(pack:
 
 def test_a_secrets_value_outside_a_secret_store_is_caught(pack: engine.Pack, rendered: Any) -> None:
     """A stack's own secret, whatever it is called, copied into an env literal or a ConfigMap."""
-    rec = rendered("local")
+    rec = rendered("prod")
     secret = _one(rec, "kubernetes:core/v1:Secret", "api-keys-gateway")
     key = next(iter(recording.unwrap(secret.inputs["stringData"]).values()))
     config_map = _one(rec, "kubernetes:core/v1:ConfigMap", "modelfiles")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from infra.config import BackendConfig
 from infra.conventions import BACKEND_PORT
+from infra.placement import GpuMemory
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ class Preparation:
     tolerates_gpu_nodes: bool = False
     # Extra labels on the job's pod (the conversion key, for the alert that reads it).
     pod_labels: Mapping[str, str] = field(default_factory=dict)
+    # The `backends.<name>` sub-key its resources come from (placement errors name it); None: fixed.
+    resources_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class Backend:
     files_mount: str | None = None
     # The stack's own images it needs built: (name, variant).
     own_images: tuple[tuple[str, str], ...] = ()
+    # What a GPU replica holds in GPU memory (checked where backends share a GPU); None: not estimated.
+    gpu_memory: GpuMemory | None = None
 
     @property
     def gpu(self) -> bool:

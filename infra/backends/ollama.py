@@ -14,12 +14,24 @@ from infra.backends.description import Backend, Image, Paths, Preparation, Probe
 from infra.backends.modelfiles import modelfile, server_environment
 from infra.config import OllamaBackendConfig
 from infra.conventions import BACKEND_PORT, WORKLOAD_UID
+from infra.placement import GpuMemory
 
 NAME = "ollama"
 MODELS_MOUNT = "/models"
 MODELFILES_MOUNT = "/modelfiles"
 MODELS_SIZE_GB = 32
 PULL_DEADLINE_SECONDS = 2 * 3600
+# GPU memory of a loaded model, for the library tags whose size is known: weights GiB, KV cache MiB
+# per token, longest context. phi4-mini:3.8b is Q4_K_M, 2.5 GB (ollama.com/library/phi4-mini);
+# Phi-4-mini has 32 layers x 8 KV heads x 128 dims, K and V in f16: 2 x 32 x 8 x 128 x 2 bytes =
+# 128 KiB a token, and a 128K context.
+MODEL_GPU_FOOTPRINT = {"phi4-mini:3.8b": (2.5, 0.125, 131072)}
+# Ollama's default context by GPU memory when OLLAMA_CONTEXT_LENGTH is unset (docs/context-length.mdx:
+# below 24 GiB 4k, 24-48 GiB 32k, 48 GiB and more 256k), capped at the model's; every parallel slot
+# holds a context of its own.
+DEFAULT_CONTEXT_BY_GPU = ((24.0, 4096), (48.0, 32768), (float("inf"), 262144))
+# The CUDA context and the compute graph beside weights and cache.
+RUNTIME_GIB = 1.0
 # What clients may call: the OpenAI API and the native API's inference and listing. The admin
 # endpoints (/api/pull, create, copy, delete, push, blobs) change the model store: only the
 # preparation step uses them, on its private server.
@@ -79,6 +91,24 @@ def pull_script(config: OllamaBackendConfig) -> str:
     )
 
 
+def gpu_memory(config: OllamaBackendConfig) -> GpuMemory | None:
+    """One loaded model (the variants share its weights) with a context per parallel slot."""
+    if config.device != "gpu" or config.model not in MODEL_GPU_FOOTPRINT:
+        return None
+    weights, kv_mib_per_token, longest = MODEL_GPU_FOOTPRINT[config.model]
+    tiers = tuple(
+        (below, config.num_parallel * min(tokens, longest) * kv_mib_per_token / 1024)
+        for below, tokens in DEFAULT_CONTEXT_BY_GPU
+    )
+    return GpuMemory(
+        gib=weights + RUNTIME_GIB,
+        cache_tiers=tiers,
+        basis=f"{config.model} {weights:g}GiB + {RUNTIME_GIB:g}GiB runtime + KV cache of "
+        f"{config.num_parallel} parallel contexts at Ollama's default length for the GPU",
+        key="numParallel",
+    )
+
+
 def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
     del paths  # no secrets: Ollama checks no keys
     key = models_key(config)
@@ -114,4 +144,5 @@ def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
             retries=3,
             uid=WORKLOAD_UID,
         ),
+        gpu_memory=gpu_memory(config),
     )

@@ -20,11 +20,16 @@ from infra.backends.description import (
 )
 from infra.config import OnnxBackendConfig
 from infra.conventions import API_KEYS_FILE, BACKEND_PORT, HF_TOKEN_FILE, WORKLOAD_UID, backend_job
+from infra.placement import GpuMemory
 
 NAME = "onnx"
 MODELS_MOUNT = "/models"
 # The manifest the converter writes last, inside the folder it renames into place.
 MANIFEST = "conversion.json"
+# GPU memory of the reference model on CUDA: int4 weights ~2.9 GiB (Phi-4-mini's 3.8B parameters at
+# 4 bits with block-32 scales, embeddings and head in fp16), onnxruntime-genai's KV buffers for a
+# batch, and the CUDA context; cuda-fp16 doubles the weights. An estimate, not a measurement.
+GPU_MEMORY_GIB = {"cuda-int4": 6.0, "cuda-fp16": 10.0}
 
 
 def variant(config: OnnxBackendConfig) -> str:
@@ -75,6 +80,7 @@ def conversion(config: OnnxBackendConfig, paths: Paths) -> Preparation:
         secrets=(SecretFile(HF_TOKEN_FILE),) if paths.hf_token else (),
         ready_file=f"{model_path(config)}/{MANIFEST}",
         resources=Resources(cpu=c.cpu, memory=c.memory),
+        resources_key="conversion",
         deadline_seconds=c.deadline_minutes * 60,
         retries=2,
         uid=WORKLOAD_UID,
@@ -98,4 +104,12 @@ def describe(config: OnnxBackendConfig, paths: Paths, prefix: str) -> Backend:
         metrics=Metrics(job=backend_job(NAME), queue_metric="vllm:num_requests_waiting"),
         preparation=conversion(config, paths),
         own_images=(("converter", "cpu"), ("onnx-server", variant(config))),
+        gpu_memory=_gpu_memory(config),
     )
+
+
+def _gpu_memory(config: OnnxBackendConfig) -> GpuMemory | None:
+    target = config.conversion_target
+    if config.device != "gpu" or target not in GPU_MEMORY_GIB:
+        return None
+    return GpuMemory(gib=GPU_MEMORY_GIB[target], basis=f"{target} Phi-4-mini estimate", key="conversion.target")

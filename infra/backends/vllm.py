@@ -11,6 +11,7 @@ from infra import images
 from infra.backends.description import Backend, Image, Metrics, Paths, Probes, Route, SecretFile, Volume, http_check
 from infra.config import VllmBackendConfig
 from infra.conventions import API_KEYS_FILE, BACKEND_PORT, HF_TOKEN_FILE, backend_job
+from infra.placement import GpuMemory
 
 NAME = "vllm"
 CACHE_MOUNT = "/cache"
@@ -119,4 +120,13 @@ def describe(config: VllmBackendConfig, paths: Paths, prefix: str) -> Backend:
         downloads_models=True,
         files=files(),
         files_mount=FILES_MOUNT,
+        # vLLM preallocates this share of the GPU's whole memory at start (weights, activations, and
+        # the rest as KV cache), whatever the model needs: --gpu-memory-utilization.
+        gpu_memory=GpuMemory(
+            share=config.gpu_memory_utilization,
+            basis=f"gpuMemoryUtilization {config.gpu_memory_utilization:g}",
+            key="gpuMemoryUtilization",
+        )
+        if config.device == "gpu"
+        else None,
     )

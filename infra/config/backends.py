@@ -148,7 +148,9 @@ class OnnxBackendConfig(BackendConfig):
     served_model_name: str = "phi-4-mini-onnx"
     max_batch: Annotated[int, Field(ge=1, le=256)] = 16
     max_waiting: Annotated[int, Field(ge=1, le=4096)] = 64
-    resources: ResourcesConfig = ResourcesConfig(cpu="4", memory="8Gi")
+    # 3 CPUs: what a default system pool node (Standard_D4ds_v5) has left after AKS's reservations and
+    # DaemonSets is 3.41 (infra/placement.py); the CPU backend runs there.
+    resources: ResourcesConfig = ResourcesConfig(cpu="3", memory="8Gi")
 
     @property
     def conversion_target(self) -> str:

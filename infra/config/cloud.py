@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import _Model
-from infra.config.types import IPv4Cidr, Labels, PoolName, Taints
+from infra.config.types import CpuQuantity, IPv4Cidr, Labels, MemoryQuantity, NodeTaints, PoolName, Taints
 from infra.vm_sizes import CPU_SIZES, GPU_SIZES
 
 _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$")
@@ -180,11 +180,31 @@ class VmConfig(_Model):
         return self.size in GPU_SIZES
 
 
+class GpuNodesConfig(_Model):
+    """How an existing cluster marks its GPU nodes: GPU pods tolerate `taints` and select `labels`."""
+
+    taints: NodeTaints = ()
+    labels: Labels = Field(default_factory=dict)
+
+
+class ClusterNodesConfig(_Model):
+    """The cluster's nodes, when known: the stack then checks that its pods fit before deploying."""
+
+    cpu: CpuQuantity
+    memory: MemoryQuantity
+    count: Annotated[int, Field(ge=1, le=1000)] = 1
+    # The nodes also run the control plane (a kind or k3d cluster): its pods take their share.
+    control_plane: bool = False
+
+
 class ClusterConfig(_Model):
     # Kubeconfig context to use when the secret `kubeconfig` is not set (then ~/.kube/config is read).
     context: str | None = None
     # Registry the stack's own images (converter, ONNX server) are pulled from on this cluster.
     registry: str = "localhost:5001"
+    gpu_nodes: GpuNodesConfig = GpuNodesConfig()
+    # None: node sizes unknown, placement is left to the cluster's scheduler.
+    nodes: ClusterNodesConfig | None = None
 
 
 class StorageConfig(_Model):

@@ -7,9 +7,23 @@ from dataclasses import dataclass
 
 from pydantic.alias_generators import to_camel
 
+from infra import stack_placement
 from infra.config.base import NAMESPACE
 from infra.config.errors import Problem
 from infra.config.settings import AZURE_TARGETS, StackSettings
+from infra.placement import (
+    Capacity,
+    Pod,
+    Pool,
+    cpu_text,
+    eligible,
+    largest,
+    memory_text,
+    placement,
+    shortfalls,
+    total,
+    vm_facts,
+)
 from infra.vm_sizes import GPU_SIZES
 
 Check = Callable[[StackSettings, set[str]], Iterator[Problem]]
@@ -248,3 +262,136 @@ def _vm_gpu(s: StackSettings, _: set[str]) -> Iterator[Problem]:
                 f"{name} needs compute capability >= {floor}; "
                 f"{s.vm.size} has {size.gpu_model} ({size.compute_capability})",
             )
+
+
+# --- placement: every pod fits a node it may use (infra/placement.py has the formula) ----------
+
+
+def _fit_key(pod: Pod, pool: Pool) -> str:
+    """The key of the first request that does not fit: `.cpu`, `.memory`, or the pod's own key."""
+    if pod.requests.cpu_m > pool.free.cpu_m:
+        return f"{pod.key}.cpu"
+    if pod.requests.memory_mi > pool.free.memory_mi:
+        return f"{pod.key}.memory"
+    if pod.gpus and pod.gpu_memory is not None and pod.gpus <= pool.gpus:
+        return f"{pod.key.rsplit('.', 1)[0]}.{pod.gpu_memory.key}" if pod.gpu_memory.key else pod.key
+    return pod.key
+
+
+def _too_big(pod: Pod, candidates: list[Pool]) -> Problem:
+    node = largest(candidates)
+    need, free, allocatable = pod.requests, node.free, node.allocatable
+    overheads = ", ".join(o.name for o in node.overheads) or "nothing else"
+    return Problem(
+        _fit_key(pod, node),
+        f"{pod.name} requests {cpu_text(need.cpu_m)} CPUs and {memory_text(need.memory_mi)}"
+        + (f" and {pod.gpus} GPU" if pod.gpus else "")
+        + f"; the largest node it may use ({node.describe()}) allocates {cpu_text(allocatable.cpu_m)} CPUs and "
+        f"{memory_text(allocatable.memory_mi)} after {node.reserved_by}, {cpu_text(free.cpu_m)} CPUs "
+        f"({free.cpu_m}m) and {memory_text(free.memory_mi)} ({free.memory_mi}Mi) after its DaemonSets "
+        f"({overheads}): {'; '.join(shortfalls(pod, node))}. Request at most {free.cpu_m}m and "
+        f"{free.memory_mi}Mi, or add a pool that fits",
+    )
+
+
+def _placement_problems(s: StackSettings) -> Iterator[Problem]:
+    pools = stack_placement.pools(s)
+    if not pools:
+        return
+    replicated = stack_placement.pods(s)
+    for item in replicated:
+        pod = item.pod
+        if s.target == "cluster" and pod.gpus:
+            continue  # cluster.nodes sizes the CPU nodes; GPU nodes are the cluster's own
+        candidates = eligible(pod, pools)
+        if not candidates:
+            described = "; ".join(f"{p.describe()} taints {list(p.taints)} labels {dict(p.labels)}" for p in pools)
+            yield Problem(pod.key, f"{pod.name} tolerates the taints and selects the labels of no pool ({described})")
+        elif placement(pod, candidates) is None:
+            yield _too_big(pod, candidates)
+    nodes = s.cluster.nodes
+    if s.target == "cluster" and nodes is not None:
+        yield from _shared_nodes(s, pools[0], nodes.count, replicated)
+
+
+def _shared_nodes(
+    s: StackSettings, pool: Pool, count: int, replicated: list[stack_placement.Replicated]
+) -> Iterator[Problem]:
+    """On a cluster of known nodes, the stack and its add-ons together fit all of them."""
+    cpu_pods = [(r.pod, r.replicas) for r in replicated if not r.pod.gpus]
+    addons = stack_placement.addon_pods(s)
+    demand = total(
+        [
+            *(Capacity(p.requests.cpu_m * n, p.requests.memory_mi * n) for p, n in cpu_pods),
+            *(a.requests for a in addons),
+        ]
+    )
+    free = Capacity(pool.free.cpu_m * count, pool.free.memory_mi * count)
+    if demand.cpu_m <= free.cpu_m and demand.memory_mi <= free.memory_mi:
+        return
+    parts = ", ".join(
+        [
+            f"{p.name} {cpu_text(p.requests.cpu_m)}/{memory_text(p.requests.memory_mi)}" + (f" x{n}" if n > 1 else "")
+            for p, n in cpu_pods
+        ]
+        + [f"{a.name} {cpu_text(a.requests.cpu_m)}/{memory_text(a.requests.memory_mi)}" for a in addons]
+    )
+    biggest = max(cpu_pods, key=lambda pn: pn[0].requests.memory_mi * pn[1])[0] if cpu_pods else None
+    key = f"{biggest.key}.memory" if biggest and demand.memory_mi > free.memory_mi else f"{_K}cluster.nodes"
+    yield Problem(
+        key,
+        f"the stack and its add-ons request {cpu_text(demand.cpu_m)} CPUs and {memory_text(demand.memory_mi)} "
+        f"({parts}); {count} node(s) of {pool.size} leave {cpu_text(free.cpu_m)} CPUs and "
+        f"{memory_text(free.memory_mi)} ({free.memory_mi}Mi) after {pool.reserved_by} and "
+        f"{', '.join(o.name for o in pool.overheads) or 'no DaemonSets'}: lower the requests, disable a "
+        "backend or an add-on, or give cluster.nodes more",
+    )
+
+
+def _vm_problems(s: StackSettings) -> Iterator[Problem]:
+    facts = vm_facts(s.vm.size)
+    services = stack_placement.vm_services(s)
+    memory = facts.memory_gib * 1024 - stack_placement.VM_HOST_MEMORY_MIB
+    for svc in services:
+        if svc.limits.cpu_m > facts.vcpus * 1000:
+            yield Problem(
+                f"{svc.key}.cpu",
+                f"{svc.name} is limited to {cpu_text(svc.limits.cpu_m)} CPUs; {s.vm.size} has {facts.vcpus} "
+                f"(Docker refuses more): at most {facts.vcpus}",
+            )
+    # Servers keep their models loaded; a one-shot step runs beside them (its own server waits).
+    servers = [svc for svc in services if not svc.one_shot]
+    steps = [svc for svc in services if svc.one_shot]
+    step = max(steps, key=lambda svc: svc.limits.memory_mi, default=None)
+    holding: list[stack_placement.Service] = [*servers, *([step] if step is not None else [])]
+    held = sum(svc.limits.memory_mi for svc in holding)
+    if holding and held > memory:
+        parts = ", ".join(f"{svc.name} {memory_text(svc.limits.memory_mi)}" for svc in holding)
+        largest_one = max(holding, key=lambda svc: svc.limits.memory_mi)
+        yield Problem(
+            f"{largest_one.key}.memory",
+            f"the VM's services may hold {memory_text(held)} ({parts}); {s.vm.size} has {facts.memory_gib}Gi, "
+            f"{memory_text(memory)} ({memory}Mi) after {memory_text(stack_placement.VM_HOST_MEMORY_MIB)} for the OS, "
+            "Docker and the unlimited services: lower the memory limits so they sum to at most that",
+        )
+    gpu_services = [svc for svc in servers if svc.gpu]
+    claims = [(svc, svc.gpu_memory.on(facts.gpu_memory_gib)) for svc in gpu_services if svc.gpu_memory is not None]
+    used = sum(g for _, g in claims)
+    if facts.gpus and claims and used > facts.gpu_memory_gib:
+        svc = max(claims, key=lambda c: c[1])[0]
+        assert svc.gpu_memory is not None
+        key = f"{svc.key.rsplit('.', 1)[0]}.{svc.gpu_memory.key}" if svc.gpu_memory.key else svc.key
+        parts = ", ".join(f"{c.name} {g:.1f}GiB ({c.gpu_memory.basis if c.gpu_memory else ''})" for c, g in claims)
+        yield Problem(
+            key,
+            f"the GPU backends share one {facts.gpu_memory_gib}GiB GPU on {s.vm.size} and hold {used:.1f}GiB "
+            f"({parts}): lower them by {used - facts.gpu_memory_gib:.1f}GiB",
+        )
+
+
+@_rule("target", "backends", "aks", "vm", "cluster", "addons", "monitoring", "web_ui")
+def _placement(s: StackSettings, _: set[str]) -> Iterator[Problem]:
+    if s.target == "vm":
+        yield from _vm_problems(s)
+    else:
+        yield from _placement_problems(s)

@@ -79,6 +79,12 @@ def _taints(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _node_taints(value: tuple[str, ...]) -> tuple[str, ...]:
+    for taint in value:
+        _taint(taint)
+    return value
+
+
 def _labels(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         _label_key(key)
@@ -96,5 +102,7 @@ def _client_names(value: tuple[str, ...]) -> tuple[str, ...]:
 
 
 Taints = Annotated[tuple[str, ...], AfterValidator(_taints)]
+# Taints of nodes the stack does not create (an existing cluster's): none is a valid answer.
+NodeTaints = Annotated[tuple[str, ...], AfterValidator(_node_taints)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 ClientNames = Annotated[tuple[str, ...], AfterValidator(_client_names)]

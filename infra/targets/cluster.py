@@ -20,6 +20,9 @@ def build(cfg: StackConfig, tags: Mapping[str, str]) -> Platform:
         cluster=Cluster(
             provider=existing.provider,
             registry=s.cluster.registry,
+            # GPU pods tolerate the GPU nodes' taints and select their labels (cluster.gpuNodes).
+            gpu_taints=s.cluster.gpu_nodes.taints,
+            gpu_node_selector=dict(s.cluster.gpu_nodes.labels),
             storage_class=s.storage.class_name,
             image_refs=own_images(cfg, s.cluster.registry),
         )
