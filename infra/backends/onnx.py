@@ -25,6 +25,8 @@ NAME = "onnx"
 MODELS_MOUNT = "/models"
 # The manifest the converter writes last, inside the folder it renames into place.
 MANIFEST = "conversion.json"
+# The converter image's ENTRYPOINT (images/converter/Dockerfile).
+CONVERTER_COMMAND = ("python", "-m", "convert")
 
 
 def variant(config: OnnxBackendConfig) -> str:
@@ -70,6 +72,9 @@ def conversion(config: OnnxBackendConfig, paths: Paths) -> Preparation:
         key=key,
         component="model-conversion",
         image=Image(own=("converter", "cpu")),
+        # The image's entrypoint, named so a runtime can wrap it (the VM runs it only while the
+        # manifest is missing).
+        command=CONVERTER_COMMAND,
         args=tuple(converter_arguments(c, config.conversion_target, model_path(config))),
         env=env,
         secrets=(SecretFile(HF_TOKEN_FILE),) if paths.hf_token else (),
