@@ -25,10 +25,11 @@ FP32_MAX_LOGIT_DIFF = 1e-3
 GENERATED_TOKENS = 16
 
 
-def load(model_dir: Path, target: Target, threads: int) -> Any:
+def load(model_dir: Path, device: str, threads: int) -> Any:
+    """Load on `device`: "cpu" drops the providers genai_config.json names (a CUDA model's too)."""
     og = genai()
     config = og.Config(str(model_dir))
-    if target.device == "cpu":
+    if device == "cpu":
         config.clear_providers()
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     return og.Model(config)
@@ -65,16 +66,16 @@ def _torch_logits(source_dir: Path, prompts_ids: list[list[int]]) -> list[np.nda
         return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in prompts_ids]
 
 
-def verify(model_dir: Path, target: Target, threads: int, source_dir: Path | None) -> dict[str, Any]:
+def verify(model_dir: Path, target: Target, device: str, threads: int, source_dir: Path | None) -> dict[str, Any]:
     og = genai()
     started = time.perf_counter()
-    model = load(model_dir, target, threads)
+    model = load(model_dir, device, threads)
     load_seconds = time.perf_counter() - started
     tokenizer = og.Tokenizer(model)
     generation = _generate(og, model, tokenizer, PROMPTS[0])
     if generation["tokens"] == 0:
         raise errors.VerificationFailed("the converted model loaded but generated no token")
-    result: dict[str, Any] = {"load_seconds": round(load_seconds, 3), "generation": generation}
+    result: dict[str, Any] = {"device": device, "load_seconds": round(load_seconds, 3), "generation": generation}
     if source_dir is None:
         result["comparison"] = None
         return result

@@ -180,14 +180,6 @@ def test_unsupported_architecture_names_the_supported_ones(tiny_source: Path, tm
     assert not out.exists()
 
 
-def test_cuda_target_without_a_gpu(tiny_source: Path, tmp_path: Path) -> None:
-    out = tmp_path / "model"
-    result = run_cli("--model", str(tiny_source), "--target", "cuda-int4", "--out", str(out))
-    line = _one_line_error(result, errors.UnsupportedTarget.exit_code)
-    assert "cuda-int4" in line and "cpu-int4" in line
-    assert not out.exists()
-
-
 def test_unknown_target_lists_the_valid_ones(tiny_source: Path, tmp_path: Path) -> None:
     result = run_cli("--model", str(tiny_source), "--target", "tpu-int2", "--out", str(tmp_path / "m"))
     line = _one_line_error(result, errors.UsageError.exit_code)

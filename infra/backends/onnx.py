@@ -30,6 +30,8 @@ MANIFEST = "conversion.json"
 # 4 bits with block-32 scales, embeddings and head in fp16), onnxruntime-genai's KV buffers for a
 # batch, and the CUDA context; cuda-fp16 doubles the weights. An estimate, not a measurement.
 GPU_MEMORY_GIB = {"cuda-int4": 6.0, "cuda-fp16": 10.0}
+# The converter image's ENTRYPOINT (images/converter/Dockerfile).
+CONVERTER_COMMAND = ("python", "-m", "convert")
 
 
 def variant(config: OnnxBackendConfig) -> str:
@@ -75,6 +77,9 @@ def conversion(config: OnnxBackendConfig, paths: Paths) -> Preparation:
         key=key,
         component="model-conversion",
         image=Image(own=("converter", "cpu")),
+        # The image's entrypoint, named so a runtime can wrap it (the VM runs it only while the
+        # manifest is missing).
+        command=CONVERTER_COMMAND,
         args=tuple(converter_arguments(c, config.conversion_target, model_path(config))),
         env=env,
         secrets=(SecretFile(HF_TOKEN_FILE),) if paths.hf_token else (),

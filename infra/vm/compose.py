@@ -7,6 +7,7 @@ services read them as Compose secrets (files under /run/secrets)."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -186,7 +187,8 @@ def _add_preparation(document: dict[str, Any], backend: Backend, prep: Preparati
         "image": image(prep.image),
         "user": f"{prep.uid or WORKLOAD_UID}:{prep.uid or WORKLOAD_UID}",
     }
-    _entry(service, prep.command, prep.args)
+    # Compose runs `entrypoint` followed by `command`: the guard, then the step's own command line.
+    _entry(service, unless_ready(prep), prep.args)
     service["environment"] = dict(prep.env)
     if prep.secrets:
         service["secrets"] = _secrets(document, prep.secrets)
@@ -197,9 +199,29 @@ def _add_preparation(document: dict[str, Any], backend: Backend, prep: Preparati
     service["tmpfs"] = ["/tmp"]
     r = prep.resources
     service["deploy"] = {"resources": {"limits": limits(r.cpu_limit or r.cpu, r.memory_limit or r.memory)}}
-    # One shot: it finds a finished model and exits at once, or readies it; the server starts after.
+    # One shot: it finds the ready file and exits at once, or readies the model; the server starts after.
     service["restart"] = f"on-failure:{prep.retries}"
     document["services"][prep.name] = hardened(service)
+
+
+def unless_ready(prep: Preparation) -> tuple[str, ...]:
+    """The step's command (its arguments follow), run only while its ready file is missing.
+
+    `compose up` runs the step at every boot. The ready file is named by the step's key (the
+    conversion's manifest inside `/models/<key>/`, Ollama's `.ready-<key>`) and written last, so once
+    it exists the data disk holds what the configuration asks for: the server starts without the hub
+    (or registry) being reachable, and a hub revision that moved since is never looked up again. A
+    new key (another model or revision) names a file that does not exist yet, so it runs.
+    """
+    assert prep.command is not None, f"{prep.name}: a preparation on the VM names its command"
+    guard = (
+        f"if [ -f {shlex.quote(prep.ready_file)} ]; then\n"
+        f"  echo {shlex.quote(f'{prep.ready_file} exists: {prep.name} has nothing to do')}\n"
+        "  exit 0\n"
+        "fi\n"
+        'exec "$@"\n'
+    )
+    return ("/bin/sh", "-c", guard, prep.name, *prep.command)
 
 
 def _add_web_ui(document: dict[str, Any], backends: list[Backend]) -> None:
