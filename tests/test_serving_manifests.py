@@ -483,7 +483,12 @@ def test_queue_depth_scalers_with_per_stack_bounds() -> None:
         overrides={
             "backends": {
                 "vllm": {"enabled": True, "device": "gpu", "scaling": {"minReplicas": 1, "maxReplicas": 4}},
-                "onnx": {"enabled": True, "scaling": {"minReplicas": 0, "maxReplicas": 3, "queueTarget": 8}},
+                # To zero on a GPU backend: prod's t4spot pool scales to zero (a CPU backend may not).
+                "ollama": {
+                    "enabled": True,
+                    "device": "gpu",
+                    "scaling": {"minReplicas": 0, "maxReplicas": 3, "queueTarget": 8},
+                },
             }
         },
     )
@@ -491,12 +496,12 @@ def test_queue_depth_scalers_with_per_stack_bounds() -> None:
     assert (vllm["minReplicaCount"], vllm["maxReplicaCount"]) == (1, 4)
     trigger = vllm["triggers"][0]
     assert trigger["type"] == "prometheus" and "vllm:num_requests_waiting" in trigger["metadata"]["query"]
-    onnx = one(rec, "ScaledObject", "onnx")["spec"]
-    assert onnx["minReplicaCount"] == 0 and onnx["triggers"][0]["metadata"]["threshold"] == "8"
+    ollama = one(rec, "ScaledObject", "ollama")["spec"]
+    assert ollama["minReplicaCount"] == 0 and ollama["triggers"][0]["metadata"]["threshold"] == "8"
     # At zero replicas the gateway's unserved requests wake it.
-    assert "envoy_cluster_upstream_cx_none_healthy" in onnx["triggers"][0]["metadata"]["query"]
+    assert "envoy_cluster_upstream_cx_none_healthy" in ollama["triggers"][0]["metadata"]["query"]
     # KEDA owns the replica count of a scaled Deployment.
-    assert "replicas" not in one(rec, "Deployment", "onnx")["spec"]
+    assert "replicas" not in one(rec, "Deployment", "ollama")["spec"]
 
 
 def test_fixed_replicas_without_a_range(rendered: Any) -> None:

@@ -75,7 +75,8 @@ class Metrics:
 
     job: str
     path: str = "/metrics"
-    # The series of requests waiting in one replica (autoscaling); None: demand is read at the gateway.
+    # The gauge of requests waiting in one replica (KEDA sums it over replicas); None: the engine
+    # reports no queue, and its waiting requests are counted at the gateway (Backend.parallel).
     queue_metric: str | None = None
 
 
@@ -150,6 +151,9 @@ class Backend:
     # Size of an in-memory /dev/shm (PyTorch's worker processes share tensors through it).
     shm_size: str | None = None
     metrics: Metrics | None = None
+    # Requests one replica runs at once, queueing the rest inside (OLLAMA_NUM_PARALLEL): for an engine
+    # without a queue gauge, the requests in flight beyond this many per ready replica are waiting.
+    parallel: int | None = None
     # Reaches the internet on 443 to download a model (the network policy allows it).
     downloads_models: bool = False
     preparation: Preparation | None = None

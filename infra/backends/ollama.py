@@ -1,7 +1,9 @@
 """Ollama: the model pulled once into a persistent volume by a preparation step (named after the
 model and its variants, so an unchanged stack never reruns it) that also creates the Modelfile
 variants; the server keeps models loaded (`OLLAMA_KEEP_ALIVE`). Ollama has no auth and no /metrics
-of its own: the gateway checks keys and measures its traffic."""
+of its own: the gateway checks keys and measures its traffic, and its waiting requests are those in
+flight beyond `num_parallel` per ready replica (counted for one loaded model: requests spread over
+several loaded variants are over-counted, which scales out early rather than late)."""
 
 from __future__ import annotations
 
@@ -122,6 +124,8 @@ def describe(config: OllamaBackendConfig, paths: Paths, prefix: str) -> Backend:
         probes=Probes(startup="/", readiness="/", liveness="/"),
         # The CLI talks to the server OLLAMA_HOST names: it lists only when the API answers.
         health_command=("ollama", "list"),
+        # No /metrics: its queue is what the gateway has in flight beyond num_parallel per replica.
+        parallel=config.num_parallel,
         # Its native API beside /v1.
         route=Route(NAME, prefix, served_models(config), paths=CLIENT_PATHS),
         # The server only reads the models the preparation pulled (no pruning at start, which writes).

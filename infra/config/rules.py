@@ -395,3 +395,32 @@ def _placement(s: StackSettings, _: set[str]) -> Iterator[Problem]:
         yield from _vm_problems(s)
     else:
         yield from _placement_problems(s)
+
+
+# --- replica ranges (autoscaling) ---------------------------------------------------------------
+
+
+@_rule("target", "backends", "aks")
+def _replica_ranges(s: StackSettings, _: set[str]) -> Iterator[Problem]:
+    """Where a backend's replica range can be honoured. The VM runs one replica of each backend
+    (Compose has no autoscaler). At minReplicas 0 on AKS, the first request after idle gets the
+    gateway's 503 and wakes KEDA; that only pays when the pool under it can give its node back."""
+    for name, backend in s.backends.enabled().items():
+        key = f"{_K}backends.{name}.scaling"
+        if s.target == "vm":
+            if "scaling" in backend.model_fields_set:
+                yield Problem(key, "target vm runs one replica of each backend, fixed (no autoscaler); remove it")
+            continue
+        if s.target != "aks" or backend.scaling.min_replicas != 0:
+            continue
+        if backend.device == "cpu":
+            yield Problem(
+                f"{key}.minReplicas",
+                "0 needs a pool that scales to zero, and CPU backends run on the system pool (minCount >= 1); "
+                "use 1 or more, or device gpu on a GPU pool with minCount 0",
+            )
+        elif not any(pool.min_count == 0 for pool in s.aks.gpu_pools):
+            yield Problem(
+                f"{key}.minReplicas",
+                "0 needs a GPU pool that scales to zero; no entry of aks.gpuPools has minCount 0: use 1 or more",
+            )

@@ -80,19 +80,25 @@ def gateway_cluster(namespace: str, backend: str) -> str:
 
 
 def demand_query(namespace: str, backend: Backend) -> str:
-    """PromQL for the load KEDA scales a backend on.
+    """PromQL for the requests waiting for a backend; KEDA divides it by queueTarget per replica.
 
-    What the backend itself reports (requests waiting), plus the gateway's requests that found no
-    healthy upstream (at zero replicas nothing else reports demand). A backend without a queue
-    metric is measured by its requests in flight through the gateway."""
+    Waiting is the backend's own queue gauge, or, for an engine without one that runs a known number
+    of requests at once per replica (Backend.parallel), the gateway's requests in flight beyond that
+    many per ready replica (kube-state-metrics counts them). Added to it: the rate of requests the
+    gateway found no healthy upstream for, the only demand there is at zero replicas (any value above
+    0 activates the scaler). An engine that declares neither counts all its requests in flight."""
     cluster = gateway_cluster(namespace, backend.name)
-    at_gateway = f'sum(rate(envoy_cluster_upstream_cx_none_healthy{{envoy_cluster_name=~"{cluster}"}}[2m]))'
+    in_flight = f'sum(envoy_cluster_upstream_rq_active{{envoy_cluster_name=~"{cluster}"}})'
+    unserved = f'sum(rate(envoy_cluster_upstream_cx_none_healthy{{envoy_cluster_name=~"{cluster}"}}[2m]))'
     queue = backend.metrics.queue_metric if backend.metrics else None
     if queue is not None:
-        in_backend = f'sum({queue}{{namespace="{namespace}", service="{backend.name}"}})'
+        waiting = f'sum({queue}{{namespace="{namespace}", service="{backend.name}"}}) or vector(0)'
+    elif backend.parallel is not None:
+        ready = f'sum(kube_deployment_status_replicas_ready{{namespace="{namespace}", deployment="{backend.name}"}})'
+        waiting = f"clamp_min(({in_flight} or vector(0)) - {backend.parallel} * ({ready} or vector(0)), 0)"
     else:
-        in_backend = f'sum(envoy_cluster_upstream_rq_active{{envoy_cluster_name=~"{cluster}"}})'
-    return f"({in_backend} or vector(0)) + ({at_gateway} or vector(0))"
+        waiting = f"{in_flight} or vector(0)"
+    return f"({waiting}) + ({unserved} or vector(0))"
 
 
 def labels_for(platform: BackendPlatform, backend: str, component: str = "backend") -> dict[str, str]:
