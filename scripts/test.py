@@ -54,6 +54,7 @@ DEBIAN_PACKAGES = {
     "prometheus": ("promtool", "prometheus"),  # rule checks; a real Prometheus scrapes the ONNX server
     "prometheus-alertmanager": ("amtool",),  # the rendered Alertmanager config
     "jq": ("jq",),  # the VM's boot script
+    "shellcheck": ("shellcheck",),  # scripts/local-cluster
 }
 # Commands the tests need newer than some Debian releases ship (amtool: webhook `url_file` is
 # Alertmanager 0.26). An older one is replaced by the next Debian release's package, extracted.
