@@ -12,7 +12,7 @@ import pytest
 from infra.config import ConfigError
 from infra.images import image_ref
 from offline.recording import Secret
-from tests.conftest import run_stack
+from tests.conftest import run_stack, stack_value
 from tests.test_serving_manifests import one
 
 DIGEST_REF = re.compile(r"^[a-z0-9.:-]+/slm-serving/(converter|onnx-server):[0-9a-f]{16}(-cuda)?@sha256:[0-9a-f]{64}$")
@@ -98,5 +98,7 @@ def test_none_references_the_tags_and_remote_needs_azure() -> None:
 
 
 def test_no_image_is_built_without_the_onnx_backend() -> None:
-    rec = run_stack("local", overrides={"backends": {"ollama": {"enabled": True}}})
+    # local's Ollama (sized for the laptop node) instead of its ONNX backend.
+    ollama = {**stack_value("local", "backends")["ollama"], "enabled": True}
+    rec = run_stack("local", overrides={"backends": {"ollama": ollama}})
     assert not _images(rec)

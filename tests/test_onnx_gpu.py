@@ -47,6 +47,12 @@ CPU_LOCK = PROJECT_ROOT / "convert" / "requirements.txt"
 def gpu_onnx(stack: str) -> dict[str, Any]:
     backends = stack_value(stack, "backends")
     backends["onnx"] = {**backends["onnx"], "device": "gpu"}
+    if stack == "dev":
+        # The VM's one T4 holds vLLM's share and ONNX on CUDA, not Ollama's model beside them too.
+        backends["ollama"] = {**backends["ollama"], "enabled": False}
+        # dev fetches Microsoft's CPU build; this variant converts for CUDA itself, within what the
+        # VM's memory leaves beside the servers (the test runs the tiny model, not the 3.8B one).
+        backends["onnx"]["conversion"] = {"memory": "8Gi"}
     return {"backends": backends}
 
 

@@ -112,6 +112,12 @@ def _onnx_with(**conversion: Any) -> dict[str, Any]:
     return backends
 
 
+def _dev_key(**changes: Any) -> str:
+    """The conversion key of the dev stack's ONNX backend (with `changes` to its conversion)."""
+    conversion = {**stack_value("dev", "backends")["onnx"].get("conversion", {}), **changes}
+    return conversion_spec(ConversionConfig.model_validate(conversion), "cpu-int4").key()
+
+
 def _network_namespaces() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -123,7 +129,7 @@ def test_conversion_runs_on_first_boot_only_and_a_new_revision_converts_again(tm
         pytest.skip("unshare -rn (an unprivileged network namespace) is not available here")
     boot = Boot(tmp_path)
     entrypoint = image_entrypoint(CONVERTER_DOCKERFILE)
-    key = conversion_spec(ConversionConfig(), "cpu-int4").key()
+    key = _dev_key()
     argv = service_argv(compose()["services"]["convert"], entrypoint, boot.data)
 
     first = boot.run(argv)
@@ -142,7 +148,7 @@ def test_conversion_runs_on_first_boot_only_and_a_new_revision_converts_again(tm
     moved = service_argv(
         compose({"backends": _onnx_with(revision=NEW_REVISION)})["services"]["convert"], entrypoint, boot.data
     )
-    new_key = conversion_spec(ConversionConfig(revision=NEW_REVISION), "cpu-int4").key()
+    new_key = _dev_key(revision=NEW_REVISION)
     assert new_key != key
     converted = boot.run(moved)
     assert converted.returncode == 0, converted.stderr
