@@ -19,7 +19,10 @@ class GrammarError(Exception):
 
 
 def grammar_tokenizer(tokenizer_json: Path, vocab_size: int, eos_ids: frozenset[int]) -> Any:
-    return llguidance.LLTokenizer(str(tokenizer_json), n_vocab=vocab_size, eos_token=sorted(eos_ids))
+    # An end-of-sequence id outside the vocabulary can never be sampled (and llguidance refuses
+    # it); with none left, llguidance takes the tokenizer's own.
+    eos = sorted(token for token in eos_ids if token < vocab_size) or None
+    return llguidance.LLTokenizer(str(tokenizer_json), n_vocab=vocab_size, eos_token=eos)
 
 
 def _grammar(guidance: Guidance) -> str:
