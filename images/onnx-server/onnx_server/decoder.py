@@ -17,13 +17,17 @@ commit whole buffers), and it never has to grow (a reallocation stalls for secon
 
 from __future__ import annotations
 
+import importlib
 import mmap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
+from onnx_server.genai import disable_telemetry
 from onnx_server.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -33,6 +37,8 @@ def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def cpu_session(config: ModelConfig, threads: int) -> ort.InferenceSession:
+    disable_telemetry()  # before onnxruntime initialises (genai.py)
+    ort: Any = importlib.import_module("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

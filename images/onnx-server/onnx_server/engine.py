@@ -33,7 +33,6 @@ import numpy as np
 
 from onnx_server.cpus import available_cpus
 from onnx_server.decoder import SlotDecoder, cpu_session
-from onnx_server.genai import disable_telemetry
 from onnx_server.guided_decoding import GrammarError, Guide, grammar_tokenizer
 from onnx_server.jobs import Event, Job, NotReady, Outbox, Overloaded, frames
 from onnx_server.metrics import Metrics
@@ -115,7 +114,6 @@ class Engine:
         self._encoder.close()
 
     def _load(self) -> None:
-        disable_telemetry()
         config = self.config = read_model_config(self.model_dir)
         self.context_length = config.context_length
         self.vocab_size = config.vocab_size
@@ -313,17 +311,16 @@ class Engine:
         started = time.perf_counter()
         logits: np.ndarray | None = None
         try:
+            # At least one chunk per iteration, so the prompt progresses whatever the budget.
             while job.prefilled < len(job.prompt_ids):
-                spent = time.perf_counter() - started
-                if spent and spent >= budget:
-                    return
-                size = self._chunk(len(job.prompt_ids) - job.prefilled, budget - spent)
+                size = self._chunk(len(job.prompt_ids) - job.prefilled, budget - (time.perf_counter() - started))
                 run_started = time.perf_counter()
                 logits = decoder.prefill(job.prompt_ids[job.prefilled : job.prefilled + size])
-                self._prefill_token_seconds = _smooth(
-                    self._prefill_token_seconds, (time.perf_counter() - run_started) / size
-                )
+                finished_at = time.perf_counter()
+                self._prefill_token_seconds = _smooth(self._prefill_token_seconds, (finished_at - run_started) / size)
                 job.prefilled += size
+                if job.prefilled < len(job.prompt_ids) and finished_at - started >= budget:
+                    return
         except Exception as error:  # one failed prompt must not stop the others
             log.error("prefill failed", extra={"error": type(error).__name__, "frames": frames(error)})
             decoder.release(job)
