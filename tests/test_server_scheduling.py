@@ -251,3 +251,20 @@ def test_mixed_lengths_with_random_arrivals_all_complete_correctly(server: Serve
     assert running.ended == 0.0 or max(stream.ended for stream in streams) < running.ended
     running.join()
     assert running.finish == "length"
+
+
+def test_the_engine_is_chosen_by_the_models_execution_provider(varied_model: Path, tmp_path: Path) -> None:
+    """A CUDA model keeps onnxruntime-genai's Generator (static_batches.py): genai_config names the
+    provider as the model builder writes it (`provider_options: [{"cuda": {...}}]`)."""
+    from onnx_server.model_config import read_model_config
+
+    cpu = read_model_config(varied_model)
+    assert not cpu.uses_cuda
+    assert (cpu.layers, cpu.kv_heads, cpu.head_size) == (2, 2, 64)
+    assert cpu.past_keys[1] == "past_key_values.1.key" and cpu.present_values[0] == "present.0.value"
+    cuda = tmp_path / "cuda"
+    shutil.copytree(varied_model, cuda)
+    config = json.loads((cuda / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["provider_options"] = [{"cuda": {"enable_cuda_graph": "0"}}]
+    (cuda / "genai_config.json").write_text(json.dumps(config))
+    assert read_model_config(cuda).uses_cuda
