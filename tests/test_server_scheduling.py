@@ -10,9 +10,12 @@ end-of-sequence token, so every generation runs exactly to its max_tokens. Bound
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -268,3 +271,59 @@ def test_the_engine_is_chosen_by_the_models_execution_provider(varied_model: Pat
     config["model"]["decoder"]["session_options"]["provider_options"] = [{"cuda": {"enable_cuda_graph": "0"}}]
     (cuda / "genai_config.json").write_text(json.dumps(config))
     assert read_model_config(cuda).uses_cuda
+
+
+def test_static_batches_serve_when_the_model_names_cuda(varied_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine CUDA models get (onnxruntime-genai's Generator in static batches), driven on the
+    CPU: no GPU here, so the model's provider is reported as CUDA to the engine while genai loads
+    the CPU model. What it checks is the static loop's share of the engine (admission, sampling
+    settings, guidance, events), not GPU behaviour."""
+    from onnx_server import engine as engine_module
+    from onnx_server.metrics import Metrics
+
+    real = engine_module.read_model_config
+    monkeypatch.setattr(
+        engine_module, "read_model_config", lambda folder: dataclasses.replace(real(folder), providers=("cuda",))
+    )
+    engine = engine_module.Engine(varied_model, Metrics(MODEL), max_batch=4, max_waiting=8, batch_wait_ms=10, threads=1)
+    engine.start()
+    try:
+        assert engine.ready.wait(120), engine.load_error
+        samplings = [
+            engine_module.Sampling(temperature=0),
+            engine_module.Sampling(temperature=0),
+            engine_module.Sampling(seed=3),
+            engine_module.Sampling(guidance=("regex", "(yes|no)+")),
+        ]
+        results = asyncio.run(_generate(engine, samplings))
+    finally:
+        engine.stop()
+    # The model has no reachable end of sequence: every generation runs to its 12 tokens.
+    assert [(finish, tokens) for _, finish, tokens in results] == [("length", 12)] * 4
+    assert results[0][0] == results[1][0]
+    assert re.fullmatch("(yes|no)+", results[3][0]), results[3][0]
+
+
+async def _generate(engine: Any, samplings: list[Any]) -> list[tuple[str, str, int]]:
+    from onnx_server.engine import Job
+
+    async def one(sampling: Any) -> tuple[str, str, int]:
+        prompt = "hello there"
+        ids = await engine.encode(prompt)
+        job = Job(
+            prompt=prompt,
+            prompt_ids=ids,
+            max_tokens=12,
+            sampling=sampling,
+            stop=[],
+            deadline=time.perf_counter() + 120,
+            loop=asyncio.get_running_loop(),
+        )
+        engine.submit(job)
+        text, finish, tokens = "", "", 0
+        async for event in job.events_until_done():
+            text += event.text
+            finish, tokens = event.finish_reason or event.kind, event.completion_tokens
+        return text, finish, tokens
+
+    return list(await asyncio.gather(*(one(sampling) for sampling in samplings)))

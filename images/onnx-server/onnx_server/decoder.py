@@ -30,10 +30,19 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
+# Linux's value on x86-64 and arm64 (asm-generic/mman-common.h); Python's mmap names it from 3.12.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
 def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
     """float32 zeros whose pages are committed only when written."""
     count = int(np.prod(shape))
-    return np.frombuffer(mmap.mmap(-1, max(count * 4, 1)), dtype=np.float32, count=count).reshape(shape)
+    # No swap reservation: one layer's buffer for a long context and many rows can exceed the
+    # machine's memory, which the kernel's overcommit heuristic refuses, though only written pages
+    # are ever used.
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+    memory = mmap.mmap(-1, max(count * 4, 1), flags=flags)
+    return np.frombuffer(memory, dtype=np.float32, count=count).reshape(shape)
 
 
 def cpu_session(config: ModelConfig, threads: int) -> ort.InferenceSession:
