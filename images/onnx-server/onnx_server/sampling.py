@@ -41,17 +41,26 @@ class TokenChooser:
         if self.sampling.greedy:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / self.sampling.temperature
-        if self.top_k:
-            # argpartition is linear; a full sort of a 200k vocabulary per row and step is not.
-            candidates = np.argpartition(-scaled, self.top_k - 1)[: self.top_k]
-        else:
-            candidates = np.flatnonzero(np.isfinite(scaled))  # guidance masks tokens to -inf
-        candidates = candidates[np.argsort(-scaled[candidates], kind="stable")]
-        weights = np.exp(scaled[candidates] - scaled[candidates[0]])
+        # argpartition is linear; a full sort of a 200k vocabulary per row and step is not.
+        top_k = self.top_k
+        candidates = np.argpartition(-scaled, top_k - 1)[:top_k] if top_k else np.arange(len(scaled))
+        weights = np.exp(scaled[candidates] - scaled[candidates].max())  # masked tokens (-inf) weigh 0
         probabilities = weights / weights.sum()
         if self.sampling.top_p < 1.0:
-            # The smallest prefix whose probability reaches top_p (at least the likeliest token).
-            keep = int(np.searchsorted(np.cumsum(probabilities), self.sampling.top_p)) + 1
-            probabilities = probabilities[:keep] / probabilities[:keep].sum()
-            candidates = candidates[:keep]
+            candidates, probabilities = _nucleus(candidates, probabilities, self.sampling.top_p)
         return int(candidates[self.random.choice(len(candidates), p=probabilities)])
+
+
+def _nucleus(candidates: np.ndarray, probabilities: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The likeliest candidates whose probability reaches top_p (at least one), renormalised. Only
+    the head is sorted: the nucleus is usually a few tokens of a large vocabulary."""
+    head = min(64, len(candidates))
+    while True:
+        top = np.argpartition(-probabilities, head - 1)[:head] if head < len(candidates) else np.arange(head)
+        top = top[np.argsort(-probabilities[top], kind="stable")]
+        cumulative = np.cumsum(probabilities[top])
+        if cumulative[-1] >= top_p or head == len(candidates):
+            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, head)
+            kept = probabilities[top[:keep]]
+            return candidates[top[:keep]], kept / kept.sum()
+        head = min(head * 4, len(candidates))
