@@ -339,13 +339,17 @@ class Engine:
         self.emit(job, token, time.perf_counter())
         self._end_if_finished(decoder, job)
 
-    def _choose(self, job: Job, logits: np.ndarray) -> int:
-        """The next token from one row's logits ([1, vocab]), masked by the row's grammar."""
+    def _choose(self, job: Job, logits: np.ndarray, argmax: int | None = None) -> int:
+        """The next token from one row's logits ([1, vocab]), masked by the row's grammar
+        (`argmax`: the row's greedy token, computed for the whole batch at once)."""
         if job.guide is not None:
             job.guide.mask(logits)
-        token = job.chooser.choose(logits[0])
-        if job.guide is not None:
+            token = job.chooser.choose(logits[0])
             job.guide.accept(token)
+        elif argmax is not None and job.sampling.greedy:
+            token = argmax
+        else:
+            token = job.chooser.choose(logits[0])
         job.next_token = token
         return token
 
@@ -370,7 +374,8 @@ class Engine:
         try:
             logits = decoder.decode([job.next_token for job in jobs])
             # Every row's token is read before any row is released: a release moves rows.
-            tokens = [self._choose(job, logits[row : row + 1]) for row, job in enumerate(jobs)]
+            argmax = logits.argmax(axis=1).tolist()
+            tokens = [self._choose(job, logits[row : row + 1], argmax[row]) for row, job in enumerate(jobs)]
         except Exception as error:  # one failed step must not stop the server
             log.error("decoding failed", extra={"error": type(error).__name__, "frames": frames(error)})
             for job in jobs:
