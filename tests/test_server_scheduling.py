@@ -44,6 +44,24 @@ SAMPLINGS: list[dict[str, Any]] = [
 ]
 
 
+# Guided chat requests (response_format), greedy and seeded, batched with the others.
+ANSWER = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8}, "count": {"type": "integer", "maximum": 99}},
+    "required": ["name", "count"],
+    "additionalProperties": False,
+}
+GUIDED: list[dict[str, Any]] = [
+    {
+        "messages": [{"role": "user", "content": f"a name and a count, please ({index})"}],
+        "max_tokens": 60,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER}},
+        **sampling,
+    }
+    for index, sampling in enumerate([{"temperature": 0}, {"temperature": 0.8, "seed": 2}])
+]
+
+
 @pytest.fixture(scope="module")
 def varied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
@@ -185,18 +203,39 @@ def test_batched_requests_give_the_tokens_each_gives_alone(server: Server) -> No
         for index, prompt in enumerate(prompts)
     ]
     expected = [alone(server, body) for body in bodies]
+    guided_expected = [_chat(server, body) for body in GUIDED]
     before = _batch_steps(server)
     rng = random.Random(3)  # noqa: S311 (reproducible arrivals, not secrets)
     streams = []
-    for body in bodies:
+    guided: list[str] = [""] * len(GUIDED)
+
+    def guided_call(index: int) -> None:
+        guided[index] = _chat(server, GUIDED[index])
+
+    guided_threads = [threading.Thread(target=guided_call, args=(index,)) for index in range(len(GUIDED))]
+    for index, body in enumerate(bodies):
         streams.append(Stream(server, body).start())
+        if index < len(guided_threads):
+            guided_threads[index].start()
         time.sleep(rng.uniform(0, 0.03))  # arrivals spread over running steps
     for stream, text in zip(streams, expected, strict=True):
         assert stream.join().text == text
         assert stream.finish == "length"
+    for thread in guided_threads:
+        thread.join(300)
+    # Guided rows shared the batch too: the same JSON as alone (the grammar ends each one).
+    assert guided == guided_expected
+    for content in guided:
+        assert set(json.loads(content)) == {"name", "count"}
     after = _batch_steps(server)
     # Seeded requests shared decode steps with others (a static batch runs each seeded one alone).
     assert after[1] - before[1] > after[0] - before[0], "no decode step ran more than one sequence"
+
+
+def _chat(server: Server, body: dict[str, Any]) -> str:
+    reply = server.post("/v1/chat/completions", json={"model": MODEL, **body}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"]
 
 
 def _batch_steps(server: Server) -> tuple[float, float]:
