@@ -340,7 +340,7 @@ def test_static_batches_serve_when_the_model_names_cuda(varied_model: Path, monk
     # The model has no reachable end of sequence: every generation runs to its 12 tokens.
     assert [(finish, tokens) for _, finish, tokens in results] == [("length", 12)] * 4
     assert results[0][0] == results[1][0]
-    assert re.fullmatch("(yes|no)+", results[3][0]), results[3][0]
+    assert re.fullmatch("(yes|no)*(ye?|n)?", results[3][0]), results[3][0]  # cut at 12 tokens
 
 
 async def _generate(engine: Any, samplings: list[Any]) -> list[tuple[str, str, int]]:

@@ -46,21 +46,29 @@ class TokenChooser:
         candidates = np.argpartition(-scaled, top_k - 1)[:top_k] if top_k else np.arange(len(scaled))
         weights = np.exp(scaled[candidates] - scaled[candidates].max())  # masked tokens (-inf) weigh 0
         probabilities = weights / weights.sum()
-        if self.sampling.top_p < 1.0:
-            candidates, probabilities = _nucleus(candidates, probabilities, self.sampling.top_p)
-        return int(candidates[self.random.choice(len(candidates), p=probabilities)])
+        top_p = self.sampling.top_p
+        if top_p < 1.0:
+            # The nucleus: the likeliest tokens whose probability reaches top_p (at least one).
+            kept, cumulative = _likeliest(candidates, probabilities, top_p)
+            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, len(kept))
+            kept, cumulative = kept[:keep], cumulative[:keep]
+            draw = self.random.random() * cumulative[-1]
+        else:
+            draw = self.random.random()
+            kept, cumulative = _likeliest(candidates, probabilities, draw)
+        # Inverse CDF over the tokens from the likeliest down.
+        return int(kept[min(int(np.searchsorted(cumulative, draw, side="right")), len(kept) - 1)])
 
 
-def _nucleus(candidates: np.ndarray, probabilities: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """The likeliest candidates whose probability reaches top_p (at least one), renormalised. Only
-    the head is sorted: the nucleus is usually a few tokens of a large vocabulary."""
+def _likeliest(candidates: np.ndarray, probabilities: np.ndarray, mass: float) -> tuple[np.ndarray, np.ndarray]:
+    """The likeliest candidates, most likely first, until their probability passes `mass` (or all
+    of them), with their cumulative probability. Only that head is sorted: it is usually a few
+    tokens of a large vocabulary."""
     head = min(64, len(candidates))
     while True:
         top = np.argpartition(-probabilities, head - 1)[:head] if head < len(candidates) else np.arange(head)
         top = top[np.argsort(-probabilities[top], kind="stable")]
         cumulative = np.cumsum(probabilities[top])
-        if cumulative[-1] >= top_p or head == len(candidates):
-            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, head)
-            kept = probabilities[top[:keep]]
-            return candidates[top[:keep]], kept / kept.sum()
+        if cumulative[-1] > mass or head == len(candidates):
+            return candidates[top], cumulative
         head = min(head * 4, len(candidates))
