@@ -72,6 +72,8 @@ class Service:
             max_waiting=settings.max_waiting,
             batch_wait_ms=settings.batch_wait_ms,
             threads=settings.threads,
+            prefill_budget_ms=settings.prefill_budget_ms,
+            max_prefill_chunk=settings.max_prefill_chunk,
         )
         self.template = ChatTemplate(load_template(settings.model), _template_tokens(settings.model))
         self.special = set(special_tokens(settings.model))

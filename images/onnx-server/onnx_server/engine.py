@@ -1,154 +1,65 @@
-"""The decoding engine: one thread owns the model (onnxruntime-genai is not thread-safe) and decodes
-admitted requests in batches, so concurrent requests share forward passes.
+"""The decoding engine: one thread owns the model and schedules at every decode step (iteration-
+level scheduling), so no request waits for another to finish.
 
-A batch forms from the requests waiting when the engine is free (plus any that arrive within
-`batch_wait_ms`) and that can share sampling settings; it runs until every member has finished or
-gone away. On CPU this beats onnxruntime-genai's Engine API, whose capacity there is 4 requests.
+Each iteration of its loop:
+1. admits the oldest waiting request into a free KV-cache row (decoder.py; at most `max_batch`
+   rows), where it prefills alone;
+2. spends at most the prefill budget on that prompt, in chunks: about one decode step's time by
+   default, at least 20 ms (`prefill_budget_ms` sets it), so a long prompt delays each running
+   stream's next token by about that instead of its whole prefill; with nothing running, the
+   prompt runs at once;
+3. runs one decode step for every running sequence; a prompt that is done joins from the next step;
+4. emits each sequence's token (stop sequences, tool-call markers, max_tokens, deadline,
+   cancellation) and frees a finished sequence's row at once.
+
+Every sequence samples on its own (sampling.py, guided_decoding.py), so seeded and guided
+requests share the batch: a row's logits are the same as when it runs alone.
+
+Models whose genai_config names the CUDA provider keep onnxruntime-genai's Generator in static
+batches (static_batches.py): this decoder binds host memory, and its in-place KV cache and
+chunked prefill have been measured on onnxruntime's CPU GroupQueryAttention only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import queue
 import sys
 import threading
 import time
-import traceback
-from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnx_server.cpus import available_cpus
-from onnx_server.genai import genai
+from onnx_server.decoder import SlotDecoder, cpu_session
+from onnx_server.guided_decoding import GrammarError, Guide, grammar_tokenizer
+from onnx_server.jobs import Event, Job, NotReady, Outbox, Overloaded, frames
 from onnx_server.metrics import Metrics
-from onnx_server.tokens import PromptEncoder
+from onnx_server.model_config import ModelConfig, read_model_config
+from onnx_server.sampling import MIN_TEMPERATURE, Sampling, TokenChooser
+from onnx_server.tokens import PromptEncoder, TextStream, load_tokenizer, special_tokens
+
+__all__ = [
+    "MIN_TEMPERATURE",
+    "Engine",
+    "Event",
+    "Job",
+    "NotReady",
+    "Overloaded",
+    "Sampling",
+    "frames",
+    "special_tokens",
+]
 
 log = logging.getLogger("onnx_server.engine")
-# Below this, sampling is greedy decoding (its limit as the temperature goes to 0): the runtime
-# divides float32 logits by the temperature, and a denormal one makes them infinite and aborts.
-MIN_TEMPERATURE = 1e-6
-SEED_RANGE = 1 << 31  # the runtime takes a 32-bit seed; any integer folds into it, reproducibly
-
-
-def special_tokens(model_dir: Path) -> dict[str, int]:
-    """The tokenizer's special tokens, text -> id (from tokenizer.json's added tokens)."""
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        return {}
-    added = json.loads(path.read_text()).get("added_tokens", [])
-    return {t["content"]: int(t["id"]) for t in added if t.get("special") and isinstance(t.get("content"), str)}
-
-
-def frames(error: BaseException) -> list[str]:
-    """Where an exception came from, without its message: messages of tokenizer and runtime errors
-    repeat their arguments, which may be prompt text."""
-    return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(error.__traceback__)]
-
-
-class Overloaded(Exception):
-    """The admission queue is full."""
-
-
-class NotReady(Exception):
-    """The model is still loading."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    guidance: tuple[str, str] | None = None  # (type, data) for onnxruntime-genai guidance
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
-
-    def shares_batch_with(self, other: Sampling) -> bool:
-        # A seed promises a reproducible sequence and guidance constrains one sequence: alone.
-        return self == other and self.seed is None and self.guidance is None
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str  # "delta", "done", "error", "cancelled"
-    text: str = ""
-    finish_reason: str = ""
-    completion_tokens: int = 0
-    status: int = 0
-    code: str | None = None
-
-
-@dataclass(eq=False)
-class Job:
-    prompt: str
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: Sampling
-    stop: list[str]
-    deadline: float
-    loop: asyncio.AbstractEventLoop
-    markers: tuple[str, ...] = ()  # special tokens to keep in the text (tool-call markers)
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    created: float = field(default_factory=time.perf_counter)
-    # Engine-thread state.
-    generated: int = 0
-    finished: str = ""
-    held: str = ""
-    stream: Any = None
-    last_token_at: float = 0.0
-
-    async def events_until_done(self) -> AsyncIterator[Event]:
-        """Events in order; text that piled up while the client was busy comes as one delta."""
-        pending: Event | None = None
-        while True:
-            event = pending or await self.events.get()
-            pending = None
-            if event.kind == "delta":
-                texts = [event.text]
-                while not self.events.empty():
-                    following = self.events.get_nowait()
-                    if following.kind != "delta":
-                        pending = following
-                        break
-                    texts.append(following.text)
-                event = Event("delta", text="".join(texts))
-            yield event
-            if event.kind in ("done", "error", "cancelled"):
-                return
-
-
-class Outbox:
-    """Events produced during one decoding step, handed to the event loop(s) in one wake-up each."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[Job, Event]] = []
-
-    def put(self, job: Job, event: Event) -> None:
-        self._items.append((job, event))
-
-    def flush(self) -> None:
-        if not self._items:
-            return
-        items, self._items = self._items, []
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
-        for job, event in items:
-            by_loop.setdefault(job.loop, []).append((job, event))
-        for loop, group in by_loop.items():
-            loop.call_soon_threadsafe(_deliver, group)
-
-
-def _deliver(group: list[tuple[Job, Event]]) -> None:
-    for job, event in group:
-        job.events.put_nowait(event)
+MIN_CHUNK = 16  # prompt tokens per prefill run at least: smaller runs cost more than they bound
+# The default budget's floor: on a small model a decode step is a few milliseconds, and a budget of
+# one step leaves rows empty while new prompts trickle in (16 clients: 500 tokens/s against 770 with
+# 30 ms, tiny model); a pause this short is not visible in a stream.
+MIN_DEFAULT_BUDGET = 0.02
+SMOOTHING = 0.2  # weight of the newest measurement in the step and per-token cost averages
 
 
 class Engine:
@@ -161,12 +72,16 @@ class Engine:
         max_waiting: int,
         batch_wait_ms: float,
         threads: int,
+        prefill_budget_ms: float = 0.0,
+        max_prefill_chunk: int = 512,
     ) -> None:
         self.model_dir = model_dir
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_waiting = max_waiting
-        self.batch_wait = batch_wait_ms / 1000
+        self.batch_wait = batch_wait_ms / 1000  # static batches only
+        self.prefill_budget = prefill_budget_ms / 1000  # 0: one decode step's time
+        self.max_prefill_chunk = max(MIN_CHUNK, max_prefill_chunk)
         self.threads = threads or available_cpus()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -174,27 +89,26 @@ class Engine:
         self.vocab_size = 0
         self.eos_ids: frozenset[int] = frozenset()
         self.pad_id = 0
+        self.config: ModelConfig | None = None
+        self.tokenizer: Any = None
         self._special_ids: dict[int, str] = {}
-        self._og: Any = None
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._tokenizer_lock = threading.Lock()
         self._encoder = PromptEncoder()
         self._queue: queue.Queue[Job] = queue.Queue()
-        self._deferred: deque[Job] = deque()
         self._admission = threading.Lock()
         self._waiting = 0
         self._stop = threading.Event()
-        self._outbox = Outbox()
-        # Label lookups once, not per token.
-        self._per_token = metrics.for_model()
-        self._last_batch = 1
+        self.outbox = Outbox()
+        self._per_token = metrics.for_model()  # label lookups once, not per token
+        self._decoder: SlotDecoder | None = None
+        self._grammar_tokenizer: Any = None
+        self._step_seconds = 0.0  # recent decode step time
+        self._prefill_token_seconds = 0.0  # recent prefill time per prompt token
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        # onnxruntime releases the GIL while it computes, but the decode loop needs it between
+        # onnxruntime releases the GIL while it computes, but the engine loop needs it between
         # steps; with the default 5 ms switch interval a busy event loop holds it for a whole token.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._thread.start()
@@ -205,29 +119,29 @@ class Engine:
         self._encoder.close()
 
     def _load(self) -> None:
-        og = genai()
-        config = og.Config(str(self.model_dir))
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}))
-        self._model = og.Model(config)
-        self._tokenizer = og.Tokenizer(self._model)
-        self._og = og
-        genai_config = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
-        self.context_length = int(genai_config["context_length"])
-        self.vocab_size = int(genai_config.get("vocab_size", 0))
-        eos = genai_config.get("eos_token_id", [])
-        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
-        self.pad_id = int(genai_config.get("pad_token_id", 0))
-        special = special_tokens(self.model_dir)
-        self._special_ids = {token_id: text for text, token_id in special.items()}
-        self._encoder.load(self.model_dir, self._encode, special)
-        log.info("model loaded", extra={"model": str(self.model_dir), "threads": self.threads})
-        self.ready.set()
+        config = self.config = read_model_config(self.model_dir)
+        self.context_length = config.context_length
+        self.vocab_size = config.vocab_size
+        self.eos_ids = config.eos_ids
+        self.pad_id = config.pad_id
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._special_ids = {token_id: text for text, token_id in special_tokens(self.model_dir).items()}
+        self._encoder.load(self.tokenizer)
+        if not config.uses_cuda:
+            self._decoder = SlotDecoder(cpu_session(config, self.threads), config, self.max_batch)
+            self._grammar_tokenizer = grammar_tokenizer(
+                self.model_dir / "tokenizer.json", config.vocab_size, config.eos_ids
+            )
+        log.info(
+            "model loaded",
+            extra={
+                "model": str(self.model_dir),
+                "threads": self.threads,
+                "scheduling": "static" if config.uses_cuda else "iteration",
+            },
+        )
 
     # --- request side (event loop threads) --------------------------------------------------
-
-    def _encode(self, text: str) -> list[int]:
-        with self._tokenizer_lock:
-            return self._tokenizer.encode(text).tolist()
 
     async def encode(self, text: str) -> list[int]:
         """Token ids for a prompt, computed off the event loop (tokens.py)."""
@@ -247,7 +161,7 @@ class Engine:
             self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
         self._queue.put(job)
 
-    # --- engine thread ----------------------------------------------------------------------
+    # --- engine thread: shared by both schedulers -------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -256,132 +170,44 @@ class Engine:
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("model failed to load", extra={"error": self.load_error})
             return
-        while not self._stop.is_set():
-            batch = self._next_batch()
-            if not batch:
-                continue
-            try:
-                self._decode(batch)
-                self._last_batch = len(batch)
-            except Exception as error:  # one failed batch must not stop the server
-                log.error("decoding failed", extra={"error": type(error).__name__, "frames": frames(error)})
-                for job in batch:
-                    if not job.finished:
-                        job.finished = "error"
-                        self._outbox.put(
-                            job, Event("error", text=f"generation failed: {type(error).__name__}", status=500)
-                        )
-            finally:
-                self._outbox.flush()
-                self.metrics.running.labels(self.metrics.model).set(0)
+        if self._decoder is None:
+            from onnx_server.static_batches import StaticBatches  # noqa: PLC0415 (loads onnxruntime-genai)
 
-    def _take(self, timeout: float) -> Job | None:
-        if self._deferred:
-            return self._deferred.popleft()
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def _next_batch(self) -> list[Job]:
-        first = self._take(0.1)
-        if first is None:
-            return []
-        batch = [first]
-        # Wait for simultaneous arrivals only under concurrency: a lone client pays no delay.
-        busy = self._last_batch > 1 or not self._queue.empty()
-        deadline = time.perf_counter() + (self.batch_wait if busy else 0.0)
-        skipped: list[Job] = []
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.perf_counter()
-            candidate = self._take(max(remaining, 0.0)) if remaining > 0 or not self._queue.empty() else None
-            if candidate is None:
-                break
-            (batch if candidate.sampling.shares_batch_with(first.sampling) else skipped).append(candidate)
-        self._deferred.extendleft(reversed(skipped))
-        with self._admission:
-            self._waiting -= len(batch)
-            self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
-        live = [job for job in batch if not job.cancelled.is_set()]
-        for job in batch:
-            if job.cancelled.is_set():
-                self._finish(job, "cancelled")
-        self._outbox.flush()
-        return live
-
-    def _params(self, batch: list[Job]) -> Any:
-        sampling = batch[0].sampling
-        max_length = min(self.context_length, max(len(j.prompt_ids) + j.max_tokens for j in batch))
-        options: dict[str, Any] = {"max_length": max_length, "batch_size": len(batch)}
-        if sampling.greedy:
-            options["do_sample"] = False
-        else:
-            options |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-            # top_k beyond the vocabulary is no limit at all, and crashes the runtime's sampler.
-            if sampling.top_k and (not self.vocab_size or sampling.top_k < self.vocab_size):
-                options["top_k"] = sampling.top_k
-        if sampling.seed is not None:
-            options["random_seed"] = sampling.seed % SEED_RANGE
-        params = self._og.GeneratorParams(self._model)
-        params.set_search_options(**options)
-        if sampling.guidance is not None:
-            params.set_guidance(*sampling.guidance)
-        return params
-
-    def _decode(self, batch: list[Job]) -> None:
-        og = self._og
-        metrics, model = self.metrics, self.metrics.model
-        metrics.batch_size.labels(model).observe(len(batch))
-        metrics.running.labels(model).set(len(batch))
-        try:
-            generator = og.Generator(self._model, self._params(batch))
-        except RuntimeError as error:
-            if batch[0].sampling.guidance is None:
-                raise
-            # Guidance jobs run alone: a schema the runtime rejects is the client's to fix.
-            for job in batch:
-                job.finished = "error"
-                message = f"response_format could not be applied (with the tools' parameter schemas): {error}"
-                self._outbox.put(job, Event("error", text=message, status=400, code="invalid_response_format"))
+            loop = StaticBatches(self)
+            self.ready.set()
+            loop.run(self._stop)
             return
-        if len(batch) == 1:
-            generator.append_tokens(np.asarray(batch[0].prompt_ids, dtype=np.int32))
-        else:
-            # The ids each request was measured with, right-padded as the tokenizer's encode_batch
-            # pads: no second tokenisation here, where it would hold the GIL between decode steps.
-            width = max(len(job.prompt_ids) for job in batch)
-            padded = np.full((len(batch), width), self.pad_id, dtype=np.int32)
-            for row, job in enumerate(batch):
-                padded[row, : len(job.prompt_ids)] = job.prompt_ids
-            generator.append_tokens(padded)
-        for job in batch:
-            job.stream = self._tokenizer.create_stream()
-            metrics.prompt_tokens.labels(model).inc(len(job.prompt_ids))
-        active = len(batch)
-        while active and not generator.is_done() and not self._all_gone(batch):
-            generator.generate_next_token()
-            tokens = generator.get_next_tokens()
-            now = time.perf_counter()
-            for index, job in enumerate(batch):
-                if not job.finished:
-                    self._step(job, int(tokens[index]), now)
-            self._outbox.flush()
-            active = sum(1 for job in batch if not job.finished)
-            metrics.running.labels(model).set(active)
-        for job in batch:
-            if not job.finished:
-                self._finish(job, "cancelled" if job.cancelled.is_set() else "length")
+        self.ready.set()
+        while not self._stop.is_set():
+            self._iterate(self._decoder)
 
-    @staticmethod
-    def _all_gone(batch: list[Job]) -> bool:
-        return all(job.finished or job.cancelled.is_set() for job in batch)
+    def take(self, timeout: float) -> Job | None:
+        """The oldest waiting job (None when none came within `timeout`); it no longer counts as
+        waiting. A job cancelled while it waited is finished here."""
+        while True:
+            try:
+                job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            with self._admission:
+                self._waiting -= 1
+                self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
+            if not job.cancelled.is_set():
+                return job
+            self.finish(job, "cancelled")
+            timeout = 0
 
-    def _step(self, job: Job, token: int, now: float) -> None:
+    def fail(self, job: Job, error: BaseException) -> None:
+        job.finished = "error"
+        self.outbox.put(job, Event("error", text=f"generation failed: {type(error).__name__}", status=500))
+
+    def emit(self, job: Job, token: int, now: float) -> None:
+        """A sequence's next token: its text, or the end of the sequence."""
         if job.cancelled.is_set():
-            self._finish(job, "cancelled")
+            self.finish(job, "cancelled")
             return
         if token in self.eos_ids:
-            self._finish(job, "stop")
+            self.finish(job, "stop")
             return
         job.generated += 1
         per_token = self._per_token
@@ -398,12 +224,12 @@ class Engine:
         else:
             job.held += job.stream.decode(token)
         if self._emit_until_stop(job):
-            self._finish(job, "stop")
+            self.finish(job, "stop")
         elif job.generated >= job.max_tokens:
-            self._finish(job, "length")
+            self.finish(job, "length")
         elif now > job.deadline:
             job.finished = "timeout"
-            self._outbox.put(job, Event("error", text="the request timed out", status=504, code="timeout"))
+            self.outbox.put(job, Event("error", text="the request timed out", status=504, code="timeout"))
 
     def _emit_until_stop(self, job: Job) -> bool:
         """Send what can no longer become part of a stop sequence; True when a stop sequence ended it."""
@@ -411,25 +237,157 @@ class Engine:
             at = job.held.find(stop)
             if at >= 0:
                 if at:
-                    self._outbox.put(job, Event("delta", text=job.held[:at]))
+                    self.outbox.put(job, Event("delta", text=job.held[:at]))
                 job.held = ""
                 return True
         keep = max((len(s) - 1 for s in job.stop), default=0)
         cut = len(job.held) - keep
         if cut > 0:
-            self._outbox.put(job, Event("delta", text=job.held[:cut]))
+            self.outbox.put(job, Event("delta", text=job.held[:cut]))
             job.held = job.held[cut:]
         return False
 
-    def _finish(self, job: Job, reason: str) -> None:
+    def finish(self, job: Job, reason: str) -> None:
         job.finished = reason
         if reason == "cancelled":
             # Whoever still waits (a handler whose client left) must stop waiting.
-            self._outbox.put(job, Event("cancelled"))
+            self.outbox.put(job, Event("cancelled"))
             return
         if job.held:
-            self._outbox.put(job, Event("delta", text=job.held))
+            self.outbox.put(job, Event("delta", text=job.held))
             job.held = ""
         self.metrics.e2e.labels(self.metrics.model).observe(time.perf_counter() - job.created)
         self.metrics.request_success.labels(self.metrics.model, reason).inc()
-        self._outbox.put(job, Event("done", finish_reason=reason, completion_tokens=job.generated))
+        self.outbox.put(job, Event("done", finish_reason=reason, completion_tokens=job.generated))
+
+    # --- engine thread: iteration-level scheduling ------------------------------------------
+
+    def _iterate(self, decoder: SlotDecoder) -> None:
+        try:
+            self._admit(decoder)
+            if decoder.prefilling is not None:
+                self._prefill(decoder, decoder.prefilling)
+            if decoder.running:
+                self._decode(decoder)
+        finally:
+            self.outbox.flush()
+            running = len(decoder.running) + (decoder.prefilling is not None)
+            self.metrics.running.labels(self.metrics.model).set(running)
+
+    def _admit(self, decoder: SlotDecoder) -> None:
+        while decoder.prefilling is None and decoder.free_rows:
+            idle = not decoder.running
+            job = self.take(0.1 if idle else 0)
+            if job is None:
+                return
+            try:
+                job.chooser = TokenChooser(job.sampling, self.vocab_size)
+                if job.sampling.guidance is not None:
+                    job.guide = Guide(self._grammar_tokenizer, job.sampling.guidance)
+            except GrammarError as error:  # a schema llguidance rejects is the client's to fix
+                job.finished = "error"
+                message = f"response_format could not be applied (with the tools' parameter schemas): {error}"
+                self.outbox.put(job, Event("error", text=message, status=400, code="invalid_response_format"))
+                continue
+            job.stream = TextStream(self.tokenizer)
+            self.metrics.prompt_tokens.labels(self.metrics.model).inc(len(job.prompt_ids))
+            decoder.begin(job)
+
+    def _chunk(self, remaining: int, budget: float) -> int:
+        """Prompt tokens for the next prefill run: what fits the time left, known from recent runs."""
+        if budget == float("inf") or not self._prefill_token_seconds:
+            size = self.max_prefill_chunk if budget == float("inf") else MIN_CHUNK
+        else:
+            size = int(budget / self._prefill_token_seconds)
+        size = min(max(size, MIN_CHUNK), self.max_prefill_chunk, remaining)
+        # A last chunk of one token would take attention's decode path, which differs in the last
+        # bits from a prompt run: the tokens would then depend on how the prompt was chunked.
+        if remaining - size == 1:
+            size = remaining if size < self.max_prefill_chunk else size - 1
+        return size
+
+    def _prefill(self, decoder: SlotDecoder, job: Job) -> None:
+        if job.cancelled.is_set():
+            decoder.release(job)
+            self.finish(job, "cancelled")
+            return
+        # With nothing running no stream waits: the whole prompt, in the largest chunks.
+        budget = self.prefill_budget or max(self._step_seconds, MIN_DEFAULT_BUDGET)
+        if not decoder.running:
+            budget = float("inf")
+        started = time.perf_counter()
+        logits: np.ndarray | None = None
+        try:
+            # At least one chunk per iteration, so the prompt progresses whatever the budget.
+            while job.prefilled < len(job.prompt_ids):
+                size = self._chunk(len(job.prompt_ids) - job.prefilled, budget - (time.perf_counter() - started))
+                run_started = time.perf_counter()
+                logits = decoder.prefill(job.prompt_ids[job.prefilled : job.prefilled + size])
+                finished_at = time.perf_counter()
+                self._prefill_token_seconds = _smooth(self._prefill_token_seconds, (finished_at - run_started) / size)
+                job.prefilled += size
+                if job.prefilled < len(job.prompt_ids) and finished_at - started >= budget:
+                    return
+        except Exception as error:  # one failed prompt must not stop the others
+            log.error("prefill failed", extra={"error": type(error).__name__, "frames": frames(error)})
+            decoder.release(job)
+            self.fail(job, error)
+            return
+        assert logits is not None
+        decoder.join()
+        token = self._choose(job, logits[None, :])
+        self.emit(job, token, time.perf_counter())
+        self._end_if_finished(decoder, job)
+
+    def _choose(self, job: Job, logits: np.ndarray, argmax: int | None = None) -> int:
+        """The next token from one row's logits ([1, vocab]), masked by the row's grammar
+        (`argmax`: the row's greedy token, computed for the whole batch at once)."""
+        if job.guide is not None:
+            job.guide.mask(logits)
+            token = job.chooser.choose(logits[0])
+            job.guide.accept(token)
+        elif argmax is not None and job.sampling.greedy:
+            token = argmax
+        else:
+            token = job.chooser.choose(logits[0])
+        job.next_token = token
+        return token
+
+    def _end_if_finished(self, decoder: SlotDecoder, job: Job) -> None:
+        if not job.finished and job.guide is not None and job.guide.finished:
+            self.finish(job, "stop")  # the grammar is complete: only the end of sequence may follow
+        if not job.finished and decoder.length(job) + 1 >= self.context_length:
+            self.finish(job, "length")
+        if job.finished:
+            decoder.release(job)
+
+    def _decode(self, decoder: SlotDecoder) -> None:
+        for job in decoder.running:
+            if job.cancelled.is_set():
+                decoder.release(job)
+                self.finish(job, "cancelled")
+        jobs = decoder.running
+        if not jobs:
+            return
+        self.metrics.batch_size.labels(self.metrics.model).observe(len(jobs))
+        started = time.perf_counter()
+        try:
+            logits = decoder.decode([job.next_token for job in jobs])
+            # Every row's token is read before any row is released: a release moves rows.
+            argmax = logits.argmax(axis=1).tolist()
+            tokens = [self._choose(job, logits[row : row + 1], argmax[row]) for row, job in enumerate(jobs)]
+        except Exception as error:  # one failed step must not stop the server
+            log.error("decoding failed", extra={"error": type(error).__name__, "frames": frames(error)})
+            for job in jobs:
+                decoder.release(job)
+                self.fail(job, error)
+            return
+        now = time.perf_counter()
+        self._step_seconds = _smooth(self._step_seconds, now - started)
+        for job, token in zip(jobs, tokens, strict=True):
+            self.emit(job, token, now)
+            self._end_if_finished(decoder, job)
+
+
+def _smooth(average: float, sample: float) -> float:
+    return sample if not average else (1 - SMOOTHING) * average + SMOOTHING * sample

@@ -19,9 +19,11 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     allow_unauthenticated: bool = False
     metrics_port: int = 0  # 0: /metrics on the API port (open)
-    max_batch: int = 16  # sequences sharing one forward pass
+    max_batch: int = 16  # sequences decoding together (KV-cache rows)
     max_waiting: int = 64  # admitted but not yet running; beyond: 429
-    batch_wait_ms: float = 10.0  # under concurrency, how long a new batch waits for more arrivals
+    batch_wait_ms: float = 10.0  # static batches (CUDA models): how long a new batch waits for more arrivals
+    prefill_budget_ms: float = 0.0  # prompt work per step while others stream; 0: one step, 20 ms at least
+    max_prefill_chunk: int = 512  # prompt tokens per prefill run at most
     request_timeout: float = 600.0
     default_max_tokens: int = 1024  # when a request names none (bounded by the context)
     max_body_bytes: int = 1 << 20
@@ -68,9 +70,16 @@ def parse(argv: list[str] | None = None) -> Settings:
     add("served-model-name", str, None, "name clients use in `model` (default: the folder name)")
     add("api-key-file", str, None, "file with one API key per line (a mounted Secret)")
     add("metrics-port", int, d.metrics_port, "separate port for /metrics; 0 serves it on the API port")
-    add("max-batch", int, d.max_batch, "requests decoded together in one batch")
+    add("max-batch", int, d.max_batch, "requests decoded together (KV-cache rows)")
     add("max-waiting", int, d.max_waiting, "queued requests before new ones get 429")
-    add("batch-wait-ms", float, d.batch_wait_ms, "how long a new batch waits for simultaneous requests")
+    add("batch-wait-ms", float, d.batch_wait_ms, "CUDA models: how long a new batch waits for simultaneous requests")
+    add(
+        "prefill-budget-ms",
+        float,
+        d.prefill_budget_ms,
+        "prompt processing per decode step while other requests stream; 0: one decode step, at least 20 ms",
+    )
+    add("max-prefill-chunk", int, d.max_prefill_chunk, "prompt tokens per prefill run at most")
     add("request-timeout", float, d.request_timeout, "seconds before a request is abandoned")
     add("default-max-tokens", int, d.default_max_tokens, "max_tokens for requests that set none")
     add("max-body-bytes", int, d.max_body_bytes, "largest request body")
@@ -102,12 +111,14 @@ def parse(argv: list[str] | None = None) -> Settings:
         parser.error(
             f"no API keys: use --api-key-file PATH or {ENV_PREFIX}API_KEYS, or --allow-unauthenticated explicitly"
         )
-    for flag in ("port", "max_batch", "max_waiting", "default_max_tokens"):
+    for flag in ("port", "max_batch", "max_waiting", "default_max_tokens", "max_prefill_chunk"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     for flag in ("header_timeout", "body_timeout"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be more than 0 seconds")
+    if not args.prefill_budget_ms >= 0:
+        parser.error("--prefill-budget-ms must be 0 (one decode step) or more")
     return Settings(
         model=Path(args.model),
         host=args.host,
@@ -119,6 +130,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
         batch_wait_ms=args.batch_wait_ms,
+        prefill_budget_ms=args.prefill_budget_ms,
+        max_prefill_chunk=args.max_prefill_chunk,
         request_timeout=args.request_timeout,
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,

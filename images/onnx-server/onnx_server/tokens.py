@@ -1,69 +1,64 @@
-"""Prompt text to token ids, off the event loop and in arrival order.
+"""Text to token ids and back, with Hugging Face `tokenizers`, the reference implementation of the
+model's tokenizer.json (onnxruntime-genai's tokenizer is not loaded: it comes with the weights).
 
-onnxruntime-genai's `Tokenizer.encode` holds the GIL for its whole run (0.28 s for 1 MiB of text
-here), so on a thread of its own it still stalls the event loop and the decode thread. Hugging
-Face `tokenizers`, the reference implementation of tokenizer.json, releases the GIL while it
-encodes; it is used when it gives genai's ids for a set of probe texts, genai's encoder otherwise.
-One worker thread keeps first-come, first-tokenised, so requests are admitted in arrival order.
+Encoding runs off the event loop on one worker thread, first come first tokenised, so requests are
+admitted in arrival order; the batch call releases the GIL while it encodes, so it stalls neither
+the event loop nor the decode thread. Decoding streams token by token (DecodeStream), dropping
+special tokens as onnxruntime-genai's stream decoder does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Iterable
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("onnx_server.engine")
-PROBES = (
-    "",
-    "hello",
-    "The quick brown fox, 3.14159 and 42!",
-    "héllo wörld 日本語 🎉 ∑",
-    "  two  spaces\n\n\tnew line\r\n",
-    "def f(x):\n    return {'a': [1, 2]}",
-)
-Encode = Callable[[str], list[int]]
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 
-def _fast_encoder(tokenizer_json: Path) -> Encode | None:
-    try:
-        from tokenizers import Tokenizer  # noqa: PLC0415 (optional: genai's encoder is the fallback)
-    except ImportError:
-        return None
-    try:
-        tokenizer: Any = Tokenizer.from_file(str(tokenizer_json))
-    except Exception:  # a tokenizer.json this version cannot read: use genai's own
-        return None
+def special_tokens(model_dir: Path) -> dict[str, int]:
+    """The tokenizer's special tokens, text -> id (from tokenizer.json's added tokens)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    added = json.loads(path.read_text()).get("added_tokens", [])
+    return {t["content"]: int(t["id"]) for t in added if t.get("special") and isinstance(t.get("content"), str)}
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    tokenizer: Any = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    return tokenizer
 
-    def encode(text: str) -> list[int]:
-        return list(tokenizer.encode_batch_fast([text])[0].ids)  # the batch call releases the GIL
 
-    return encode
+class TextStream:
+    """A sequence's generated text, token by token; special tokens are dropped."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._stream: Any = DecodeStream(skip_special_tokens=True)
+
+    def decode(self, token: int) -> str:
+        return self._stream.step(self._tokenizer, token) or ""
 
 
 class PromptEncoder:
     def __init__(self) -> None:
-        self._encode: Encode | None = None
+        self._tokenizer: Any = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-        self.kind = ""
 
-    def load(self, model_dir: Path, reference: Encode, special: Iterable[str]) -> None:
-        """Choose the encoder once the model's own tokenizer (`reference`) is loaded."""
-        fast = _fast_encoder(model_dir / "tokenizer.json")
-        probes = (*PROBES, "".join(special) + "x" + "".join(special))
-        if fast is not None and all(fast(p) == reference(p) for p in probes):
-            self._encode, self.kind = fast, "tokenizers"
-        else:
-            self._encode, self.kind = reference, "onnxruntime-genai"
-        log.info("prompt tokenizer", extra={"encoder": self.kind})
+    def load(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode_batch_fast([text])[0].ids)  # the batch call releases the GIL
 
     async def encode(self, text: str) -> list[int]:
-        assert self._encode is not None, "encode before the model loaded"
+        assert self._tokenizer is not None, "encode before the model loaded"
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, text)
 
     def close(self) -> None:

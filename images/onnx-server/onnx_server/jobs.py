@@ -1,0 +1,107 @@
+"""A request as the engine sees it (Job), what it sends back (Event), and how events cross from
+the engine thread to the event loop (Outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnx_server.sampling import Sampling
+
+
+class Overloaded(Exception):
+    """The admission queue is full."""
+
+
+class NotReady(Exception):
+    """The model is still loading."""
+
+
+def frames(error: BaseException) -> list[str]:
+    """Where an exception came from, without its message: messages of tokenizer and runtime errors
+    repeat their arguments, which may be prompt text."""
+    return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(error.__traceback__)]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "delta", "done", "error", "cancelled"
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    status: int = 0
+    code: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: str
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: list[str]
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    markers: tuple[str, ...] = ()  # special tokens to keep in the text (tool-call markers)
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.perf_counter)
+    # Engine-thread state.
+    generated: int = 0
+    finished: str = ""
+    held: str = ""
+    stream: Any = None  # the text decoder (tokens.TextStream)
+    last_token_at: float = 0.0
+    prefilled: int = 0  # prompt tokens already in the KV cache
+    next_token: int = 0  # the token the next decode step feeds in
+    chooser: Any = None  # sampling.TokenChooser
+    guide: Any = None  # guided_decoding.Guide, for guided requests
+
+    async def events_until_done(self) -> AsyncIterator[Event]:
+        """Events in order; text that piled up while the client was busy comes as one delta."""
+        pending: Event | None = None
+        while True:
+            event = pending or await self.events.get()
+            pending = None
+            if event.kind == "delta":
+                texts = [event.text]
+                while not self.events.empty():
+                    following = self.events.get_nowait()
+                    if following.kind != "delta":
+                        pending = following
+                        break
+                    texts.append(following.text)
+                event = Event("delta", text="".join(texts))
+            yield event
+            if event.kind in ("done", "error", "cancelled"):
+                return
+
+
+class Outbox:
+    """Events produced during one engine iteration, handed to the event loop(s) in one wake-up each."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Job, Event]] = []
+
+    def put(self, job: Job, event: Event) -> None:
+        self._items.append((job, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, group in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, group)
+
+
+def _deliver(group: list[tuple[Job, Event]]) -> None:
+    for job, event in group:
+        job.events.put_nowait(event)

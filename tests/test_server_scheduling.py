@@ -1,0 +1,368 @@
+"""Iteration-level scheduling in the real ONNX server process: requests join and leave the running
+batch at every decode step, a long prompt's prefill is spread over steps, and a request's tokens
+are the same whether it runs alone or among others.
+
+The model is the tiny test model with its weights scaled up (the random model's greedy output
+repeats one token, which would make a token-for-token comparison meaningless) and no reachable
+end-of-sequence token, so every generation runs exactly to its max_tokens. Bounds are generous
+(counts of steps and ratios, not timing targets): the machine is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server_support import Server
+
+MODEL = "phi3-vary-int4"
+WEIGHT_SCALE = 6.0  # makes greedy output vary from token to token
+LONG = 3000  # tokens of a stream that outlasts everything else in a test
+SLACK = 1.0  # seconds of client, HTTP and shared-machine latency allowed on top of the server's work
+
+# Sampling settings compared alone and batched (each with several prompts).
+SAMPLINGS: list[dict[str, Any]] = [
+    {"temperature": 0},
+    {"temperature": 0.9, "top_p": 0.9, "top_k": 40, "seed": 11},
+    {"temperature": 1.2, "seed": 5},
+]
+
+
+# Guided chat requests (response_format), greedy and seeded, batched with the others.
+ANSWER = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8}, "count": {"type": "integer", "maximum": 99}},
+    "required": ["name", "count"],
+    "additionalProperties": False,
+}
+GUIDED: list[dict[str, Any]] = [
+    {
+        "messages": [{"role": "user", "content": f"a name and a count, please ({index})"}],
+        "max_tokens": 60,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER}},
+        **sampling,
+    }
+    for index, sampling in enumerate([{"temperature": 0}, {"temperature": 0.8, "seed": 2}])
+]
+
+
+@pytest.fixture(scope="module")
+def varied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import Phi3ForCausalLM
+
+    from convert.tiny_model import TinySpec, build
+
+    root = tmp_path_factory.mktemp("varied")
+    source = build(root / "source", TinySpec(context=8192))
+    model = Phi3ForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(WEIGHT_SCALE)
+    model.save_pretrained(source)
+    out = root / MODEL
+    command = ["-m", "convert", "--model", str(source), "--method", "builder", "--out", str(out), "--no-compare"]
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config_path = out / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["eos_token_id"] = [config["model"]["vocab_size"] + 1]  # never produced: runs to max_tokens
+    config_path.write_text(json.dumps(config))
+    shutil.rmtree(source)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(varied_model: Path) -> Iterator[Server]:
+    running = Server(varied_model, "--max-batch", "8")
+    yield running
+    running.stop()
+
+
+@dataclass
+class Stream:
+    """One streamed completion, read on its own thread: when each chunk came, and its text."""
+
+    server: Server
+    body: dict[str, Any]
+    sent: float = 0.0
+    chunks: list[tuple[float, str]] = field(default_factory=list)
+    ended: float = 0.0
+    finish: str = ""
+    thread: threading.Thread | None = None
+
+    def start(self) -> Stream:
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.sent = time.monotonic()
+        self.thread.start()
+        return self
+
+    def _read(self) -> None:
+        body = {"model": MODEL, **self.body, "stream": True}
+        with httpx.stream(
+            "POST", self.server.base + "/v1/completions", json=body, headers=self.server.headers, timeout=300
+        ) as reply:
+            reply.raise_for_status()
+            for line in reply.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                if choice["text"]:
+                    self.chunks.append((time.monotonic(), choice["text"]))
+                self.finish = choice.get("finish_reason") or self.finish
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float = 300) -> Stream:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream did not end"
+        return self
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, text in self.chunks)
+
+    @property
+    def first(self) -> float:
+        return self.chunks[0][0]
+
+    def wait_for_chunks(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.chunks) < count:
+            assert time.monotonic() < deadline, "the stream did not start"
+            time.sleep(0.005)
+
+
+def alone(server: Server, body: dict[str, Any]) -> str:
+    reply = server.post("/v1/completions", json={"model": MODEL, **body}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["text"]
+
+
+def long_stream(server: Server) -> Stream:
+    stream = Stream(server, {"prompt": "a long answer", "max_tokens": LONG, "temperature": 0}).start()
+    stream.wait_for_chunks(10)
+    return stream
+
+
+def test_a_request_arriving_mid_stream_starts_without_waiting_for_it(server: Server) -> None:
+    quiet = Stream(server, {"prompt": "a short question", "max_tokens": 8, "temperature": 0}).start().join()
+    running = long_stream(server)
+    newcomer = Stream(server, {"prompt": "a short question", "max_tokens": 8, "temperature": 0}).start().join()
+    # The newcomer ran to its end while the 3000-token stream went on (a static batch makes it wait
+    # for all of them), and its first token came about as soon as on a quiet server: HTTP and the
+    # client's thread cost far more than a few decode steps of this model, hence the slack.
+    assert running.ended == 0.0 or newcomer.ended < running.ended
+    assert newcomer.first - newcomer.sent < (quiet.first - quiet.sent) + SLACK
+    assert newcomer.text == quiet.text
+    running.join()
+    assert running.finish == "length"
+
+
+def test_a_finished_sequence_frees_its_row_at_once(varied_model: Path) -> None:
+    two_rows = Server(varied_model, "--max-batch", "2")
+    try:
+        running = long_stream(two_rows)
+        short = Stream(two_rows, {"prompt": "short", "max_tokens": 6, "temperature": 0}).start()
+        time.sleep(0.05)
+        queued = Stream(two_rows, {"prompt": "queued", "max_tokens": 6, "temperature": 0}).start()
+        short.join()
+        queued.join()
+        # Both rows were taken (the long stream and the short one): the queued request got the
+        # short one's row when it finished, while the long stream still ran.
+        assert running.ended == 0.0 or queued.ended < running.ended
+        assert queued.first >= short.first
+        assert queued.first - short.ended < SLACK
+        running.join()
+    finally:
+        two_rows.stop()
+
+
+def test_batched_requests_give_the_tokens_each_gives_alone(server: Server) -> None:
+    prompts = ["the quick brown fox", "a" * 3, "jumps over the lazy dog " * 12, "x y z", "hello " * 40, "tools"]
+    bodies = [
+        {"prompt": prompt, "max_tokens": 12 + 7 * index, **sampling}
+        for sampling in SAMPLINGS
+        for index, prompt in enumerate(prompts)
+    ]
+    expected = [alone(server, body) for body in bodies]
+    guided_expected = [_chat(server, body) for body in GUIDED]
+    before = _batch_steps(server)
+    rng = random.Random(3)  # noqa: S311 (reproducible arrivals, not secrets)
+    streams = []
+    guided: list[str] = [""] * len(GUIDED)
+
+    def guided_call(index: int) -> None:
+        guided[index] = _chat(server, GUIDED[index])
+
+    guided_threads = [threading.Thread(target=guided_call, args=(index,)) for index in range(len(GUIDED))]
+    for index, body in enumerate(bodies):
+        streams.append(Stream(server, body).start())
+        if index < len(guided_threads):
+            guided_threads[index].start()
+        time.sleep(rng.uniform(0, 0.03))  # arrivals spread over running steps
+    for stream, text in zip(streams, expected, strict=True):
+        assert stream.join().text == text
+        assert stream.finish == "length"
+    for thread in guided_threads:
+        thread.join(300)
+    # Guided rows shared the batch too: the same JSON as alone (the grammar ends each one).
+    assert guided == guided_expected
+    for content in guided:
+        assert set(json.loads(content)) == {"name", "count"}
+    after = _batch_steps(server)
+    # Seeded requests shared decode steps with others (a static batch runs each seeded one alone).
+    assert after[1] - before[1] > after[0] - before[0], "no decode step ran more than one sequence"
+
+
+def _chat(server: Server, body: dict[str, Any]) -> str:
+    reply = server.post("/v1/chat/completions", json={"model": MODEL, **body}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def _batch_steps(server: Server) -> tuple[float, float]:
+    """(decode steps of one sequence, all decode steps) so far, from /metrics."""
+    text = httpx.get(server.base + "/metrics").text
+    single = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("onnx_server_batch_size_bucket") and 'le="1.0"' in line:
+            single = float(line.split()[-1])
+        elif line.startswith("onnx_server_batch_size_count"):
+            total = float(line.split()[-1])
+    return single, total
+
+
+def test_a_long_prompt_does_not_stall_a_running_stream(server: Server) -> None:
+    prompt = "the quick brown fox jumps over the lazy dog " * 600
+    started = time.monotonic()
+    reply = server.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1}, timeout=300)
+    prefill_alone = time.monotonic() - started
+    prompt_tokens = reply.json()["usage"]["prompt_tokens"]
+    assert prompt_tokens > 2000, prompt_tokens
+    running = long_stream(server)
+    newcomer = Stream(server, {"prompt": prompt, "max_tokens": 4, "temperature": 0}).start().join()
+    # While the long prompt was prefilled, the stream kept getting tokens: its longest pause is a
+    # fraction of the prompt's whole prefill, which a single prefill run would have stalled it for.
+    during = [at for at, _ in running.chunks if newcomer.sent <= at <= newcomer.first]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(during)]
+    assert running.ended == 0.0 or newcomer.ended < running.ended
+    assert len(during) >= 3, "the stream got no tokens while the prompt was prefilled"
+    assert max(gaps) < prefill_alone / 2, (max(gaps), prefill_alone)
+    running.join()
+
+
+def test_mixed_lengths_with_random_arrivals_all_complete_correctly(server: Server) -> None:
+    rng = random.Random(15)  # noqa: S311 (reproducible arrivals, not secrets)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "tools", "answer"]
+    bodies = [
+        {
+            "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(1, 150))),
+            "max_tokens": rng.randint(2, 60),
+            "temperature": 0,
+        }
+        for _ in range(12)
+    ]
+    expected = [alone(server, body) for body in bodies]
+    running = long_stream(server)
+    streams = []
+    for body in bodies:
+        time.sleep(rng.expovariate(1 / 0.05))  # Poisson arrivals, 20 a second
+        streams.append(Stream(server, body).start())
+    for stream, text in zip(streams, expected, strict=True):
+        assert stream.join().text == text
+        assert stream.finish == "length"
+    # Every one of them arrived while the long stream ran, and none waited for it to end.
+    assert running.ended == 0.0 or max(stream.ended for stream in streams) < running.ended
+    running.join()
+    assert running.finish == "length"
+
+
+def test_the_engine_is_chosen_by_the_models_execution_provider(varied_model: Path, tmp_path: Path) -> None:
+    """A CUDA model keeps onnxruntime-genai's Generator (static_batches.py): genai_config names the
+    provider as the model builder writes it (`provider_options: [{"cuda": {...}}]`)."""
+    from onnx_server.model_config import read_model_config
+
+    cpu = read_model_config(varied_model)
+    assert not cpu.uses_cuda
+    assert (cpu.layers, cpu.kv_heads, cpu.head_size) == (2, 2, 64)
+    assert cpu.past_keys[1] == "past_key_values.1.key" and cpu.present_values[0] == "present.0.value"
+    cuda = tmp_path / "cuda"
+    shutil.copytree(varied_model, cuda)
+    config = json.loads((cuda / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["provider_options"] = [{"cuda": {"enable_cuda_graph": "0"}}]
+    (cuda / "genai_config.json").write_text(json.dumps(config))
+    assert read_model_config(cuda).uses_cuda
+
+
+def test_static_batches_serve_when_the_model_names_cuda(varied_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine CUDA models get (onnxruntime-genai's Generator in static batches), driven on the
+    CPU: no GPU here, so the model's provider is reported as CUDA to the engine while genai loads
+    the CPU model. What it checks is the static loop's share of the engine (admission, sampling
+    settings, guidance, events), not GPU behaviour."""
+    from onnx_server import engine as engine_module
+    from onnx_server.metrics import Metrics
+
+    real = engine_module.read_model_config
+    monkeypatch.setattr(
+        engine_module, "read_model_config", lambda folder: dataclasses.replace(real(folder), providers=("cuda",))
+    )
+    engine = engine_module.Engine(varied_model, Metrics(MODEL), max_batch=4, max_waiting=8, batch_wait_ms=10, threads=1)
+    engine.start()
+    try:
+        assert engine.ready.wait(120), engine.load_error
+        samplings = [
+            engine_module.Sampling(temperature=0),
+            engine_module.Sampling(temperature=0),
+            engine_module.Sampling(seed=3),
+            engine_module.Sampling(guidance=("regex", "(yes|no)+")),
+        ]
+        results = asyncio.run(_generate(engine, samplings))
+    finally:
+        engine.stop()
+    # The model has no reachable end of sequence: every generation runs to its 12 tokens.
+    assert [(finish, tokens) for _, finish, tokens in results] == [("length", 12)] * 4
+    assert results[0][0] == results[1][0]
+    assert re.fullmatch("(yes|no)*(ye?|n)?", results[3][0]), results[3][0]  # cut at 12 tokens
+
+
+async def _generate(engine: Any, samplings: list[Any]) -> list[tuple[str, str, int]]:
+    from onnx_server.engine import Job
+
+    async def one(sampling: Any) -> tuple[str, str, int]:
+        prompt = "hello there"
+        ids = await engine.encode(prompt)
+        job = Job(
+            prompt=prompt,
+            prompt_ids=ids,
+            max_tokens=12,
+            sampling=sampling,
+            stop=[],
+            deadline=time.perf_counter() + 120,
+            loop=asyncio.get_running_loop(),
+        )
+        engine.submit(job)
+        text, finish, tokens = "", "", 0
+        async for event in job.events_until_done():
+            text += event.text
+            finish, tokens = event.finish_reason or event.kind, event.completion_tokens
+        return text, finish, tokens
+
+    return list(await asyncio.gather(*(one(sampling) for sampling in samplings)))
