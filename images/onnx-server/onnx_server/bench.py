@@ -5,9 +5,10 @@ onnxruntime-genai loop in-process (one stream, then static batches of N, the fas
 N concurrent requests on CPU) and this server over HTTP at concurrency 1, 4 and 16.
 
 `python -m onnx_server.bench --realistic [--clients 16] [--rate auto|R] [--json OUT]`: mixed lengths
-as vLLM's serving benchmark does (loadgen.py): the raw engine's single stream and static batch of N
-equal requests, then the server with 1 client, N closed-loop clients and an open loop of Poisson
-arrivals, with TTFT, inter-token and end-to-end percentiles, errors, ratios and issue 15's targets.
+as vLLM's serving benchmark does (loadgen.py): the raw engine's single stream and the server's one
+client in turn, the raw static batch of N equal requests, the server with N closed-loop clients and
+an open loop of Poisson arrivals; TTFT, inter-token and end-to-end percentiles, every error, the
+ratios to the raw engine and issue 15's targets.
 
 Without --model it uses a random int4 Phi3 (benchmodels.py), built once into --cache.
 """
@@ -37,18 +38,21 @@ import numpy as np
 
 from onnx_server.benchmodels import CACHE, SIZES, build
 from onnx_server.benchreport import OPEN_LOOP_SHARE, Results, table, target_lines, to_json
-from onnx_server.benchstats import summarize
+from onnx_server.benchstats import Summary, summarize
 from onnx_server.cpus import available_cpus
 from onnx_server.loadgen import (
     MAX_TOKENS,
     PROMPT_WORDS,
     BenchRequest,
     LoadRun,
+    Outcome,
+    client,
     closed_loop,
     equal_requests,
     open_loop,
     poisson_arrivals,
     served_model,
+    stream,
     workload,
 )
 from onnx_server.rawengine import RawEngine
@@ -62,6 +66,7 @@ class Run:
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
+    failed: int = 0  # requests that did not complete
 
     @property
     def rate(self) -> float:
@@ -88,6 +93,7 @@ def _as_run(load: LoadRun) -> Run:
         seconds=load.seconds,
         ttft=[o.ttft for o in load.outcomes if o.ttft is not None],
         itl=[gap for o in load.outcomes for gap in o.itl],
+        failed=sum(o.error is not None for o in load.outcomes),
     )
 
 
@@ -139,11 +145,11 @@ def waves(model_dir: Path, requests: int, new_tokens: int) -> None:
         process.terminate()
         process.wait(60)
     print(f"model {model_dir}, {requests} requests x {new_tokens} new tokens, {available_cpus()} CPUs")
-    print(f"{'':7} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7}")
+    print(f"{'':7} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7} {'failed':>6}")
     for name, concurrency, run in rows:
         print(
             f"{name:7} {concurrency:4d} {run.rate:8.1f} {_pct(run.ttft, 50):9.1f} {_pct(run.ttft, 95):7.1f} "
-            f"{_pct(run.itl, 50):8.2f} {_pct(run.itl, 95):7.2f}"
+            f"{_pct(run.itl, 50):8.2f} {_pct(run.itl, 95):7.2f} {run.failed:6d}"
         )
     raw_rates = {c: r.rate for n, c, r in rows if n == "raw"}
     for _, concurrency, run in (r for r in rows if r[0] == "server"):
@@ -160,31 +166,58 @@ def realistic(
     rate: float | None = None,
     seed: int = 0,
 ) -> Results:
-    """The raw engine in this process, then the server at `base` (already running, idle meanwhile)
-    under the same requests: 1 client, `clients` closed-loop clients, then an open loop at `rate`
-    requests/s (None: 70% of the closed loop's measured capacity)."""
+    """The raw engine in this process and the server at `base` (already running) under the same
+    requests: the raw single stream and the server's 1 client in turn, the raw static batches, then
+    `clients` closed-loop clients and an open loop at `rate` requests/s (None: 70% of the closed
+    loop's measured capacity). Neither side computes while the other is measured."""
     raw = RawEngine(model_dir)
     raw.batch([requests[0].prompt], 4)  # first-run costs (allocations, thread pool start) are not measured
-    raw_single = summarize(raw.single_stream(requests))
+    model = served_model(base, key)
+    asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
+    _progress(f"{len(requests)} requests one at a time, raw engine and server (1 client) in turn")
+    raw_single, one_client = asyncio.run(_in_turn(raw, base, model, key, requests))
     words = round(statistics.mean(len(r.prompt.split()) for r in requests))
     budget = round(statistics.mean(r.max_tokens for r in requests))
     equal = equal_requests(clients * math.ceil(len(requests) / clients), words, budget, seed)
+    _progress(f"raw engine: static batches of {clients}")
     raw_batch = summarize(raw.static_batches(equal, clients))
     del raw  # its weights, before the server works
     gc.collect()
 
     auto_rate = rate is None
-    model = served_model(base, key)
-    asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
-    one_client = summarize(asyncio.run(closed_loop(base, model, key, requests, 1)))
+    _progress(f"server: {clients} closed-loop clients")
     closed = summarize(asyncio.run(closed_loop(base, model, key, requests, clients)))
     if rate is None:
         if not closed.completed:
             raise RuntimeError(f"the {clients}-client closed loop completed no request: {closed.errors}")
         rate = OPEN_LOOP_SHARE * closed.requests_per_s
     arrivals = poisson_arrivals(rate, len(requests), seed)
+    _progress(f"server: open loop, Poisson arrivals at {rate:.2f} requests/s")
     opened = summarize(asyncio.run(open_loop(base, model, key, requests, arrivals)))
     return Results(raw_single, raw_batch, one_client, closed, opened, clients, rate, rate_is_auto=auto_rate)
+
+
+async def _in_turn(
+    raw: RawEngine, base: str, model: str, key: str, requests: list[BenchRequest]
+) -> tuple[Summary, Summary]:
+    """Each request alone through the raw engine, then alone through the server: load from other
+    work that comes and goes on a shared machine weighs on both sides alike."""
+    raw_runs: list[LoadRun] = []
+    served: list[Outcome] = []
+    served_seconds = 0.0
+    async with client(key, 1) as shared:
+        for request in requests:
+            raw_runs.append(raw.single_stream([request]))
+            started = time.perf_counter()
+            served.append(await stream(shared, base, model, request))
+            served_seconds += time.perf_counter() - started
+    raw_outcomes = [o for run in raw_runs for o in run.outcomes]
+    raw_seconds = sum(run.seconds for run in raw_runs)
+    return summarize(LoadRun(raw_outcomes, raw_seconds)), summarize(LoadRun(served, served_seconds))
+
+
+def _progress(step: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {step}", file=sys.stderr, flush=True)
 
 
 def _machine() -> dict[str, Any]:
@@ -256,7 +289,7 @@ def main() -> None:
         process.terminate()
         process.wait(60)
     context["load_average_after"] = os.getloadavg()
-    print(f"{context['date']}  {context['machine']}")
+    print(f"{context['date']}  {context['machine']}  load average after {context['load_average_after']}")
     print(
         f"model {model_dir}; {len(requests)} requests, seed {args.seed}: prompts {PROMPT_WORDS[0]}..{PROMPT_WORDS[1]}"
         f" words uniform, max_tokens {MAX_TOKENS[0]}..{MAX_TOKENS[1]} log-uniform; server log {log}"

@@ -108,10 +108,9 @@ def table(results: Results) -> str:
             + " "
             + " ".join(_ms(p) for p in (run.e2e.p50, run.e2e.p95, run.e2e.p99))
         )
-        if base:
-            notes.append(f"  {name}: ratio to the {base}")
         failures = ", ".join(f"{count} x {kind}" for kind, count in sorted(run.errors.items())) or "none"
-        notes.append(f"  {name}: errors {failures}; connection resets {run.resets}")
+        compared = f"ratio to the {base}; " if base else ""
+        notes.append(f"  {name}: {compared}errors {failures}; connection resets {run.resets}")
     return "\n".join([*lines, "", *notes])
 
 

@@ -117,39 +117,17 @@ async def stream(client: httpx.AsyncClient, base: str, model: str, request: Benc
         "stream_options": {"include_usage": True},
     }
     outcome = Outcome()
-    chunks = 0
-    done = False
-    started = last = time.perf_counter()
+    started = time.perf_counter()
     try:
         async with client.stream("POST", base + "/v1/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
                 outcome.error = f"HTTP {response.status_code}"
                 return outcome
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    done = True
-                    break
-                event = json.loads(line[6:])
-                if "error" in event:
-                    outcome.error = f"stream error {event['error'].get('code') or event['error'].get('type')}"
-                    continue
-                if event.get("usage"):
-                    outcome.tokens = int(event["usage"]["completion_tokens"])
-                if any(choice.get("text") for choice in event.get("choices", ())):
-                    now = time.perf_counter()
-                    if outcome.ttft is None:
-                        outcome.ttft = now - started
-                    else:
-                        outcome.itl.append(now - last)
-                    last = now
-                    chunks += 1
+            done = await _read_events(response, outcome, started)
     except httpx.HTTPError as error:
         outcome.error = _error_of(error)
         return outcome
-    outcome.tokens = outcome.tokens or chunks
     if outcome.error is None and not done:
         outcome.error = "stream ended without [DONE]"
     if outcome.error is None:
@@ -157,8 +135,38 @@ async def stream(client: httpx.AsyncClient, base: str, model: str, request: Benc
     return outcome
 
 
-def _client(key: str, connections: int) -> httpx.AsyncClient:
-    # One connection per request in flight, so no request waits for the client's pool.
+async def _read_events(response: httpx.Response, outcome: Outcome, started: float) -> bool:
+    """Time each event with text into `outcome`, keep the last error event; True at [DONE]."""
+    chunks = 0
+    last = started
+    async for line in response.aiter_lines():
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            return True
+        try:
+            event = json.loads(line[6:])
+        except ValueError:
+            outcome.error = "malformed event"
+            continue
+        if "error" in event:
+            outcome.error = f"stream error {event['error'].get('code') or event['error'].get('type')}"
+        if event.get("usage"):
+            outcome.tokens = int(event["usage"]["completion_tokens"])
+        if any(choice.get("text") for choice in event.get("choices", ())):
+            now = time.perf_counter()
+            if outcome.ttft is None:
+                outcome.ttft = now - started
+            else:
+                outcome.itl.append(now - last)
+            last = now
+            chunks += 1
+            outcome.tokens = max(outcome.tokens, chunks)  # until usage says exactly
+    return False
+
+
+def client(key: str, connections: int) -> httpx.AsyncClient:
+    """An HTTP client with one connection per request in flight: no request waits for the pool."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits, headers=_auth(key))
 
@@ -172,13 +180,13 @@ async def closed_loop(base: str, model: str, key: str, requests: Sequence[BenchR
     outcomes: list[Outcome | None] = [None] * len(requests)
     pending = iter(enumerate(requests))
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(shared: httpx.AsyncClient) -> None:
         for index, request in pending:
-            outcomes[index] = await stream(client, base, model, request)
+            outcomes[index] = await stream(shared, base, model, request)
 
-    async with _client(key, clients) as client:
+    async with client(key, clients) as shared:
         started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        await asyncio.gather(*(client_loop(shared) for _ in range(clients)))
         seconds = time.perf_counter() - started
     return LoadRun([o for o in outcomes if o is not None], seconds)
 
@@ -187,12 +195,12 @@ async def open_loop(
     base: str, model: str, key: str, requests: Sequence[BenchRequest], arrivals: Sequence[float]
 ) -> LoadRun:
     """Request i is sent at `arrivals[i]` seconds from the start, however many are still running."""
-    async with _client(key, len(requests)) as client:
+    async with client(key, len(requests)) as shared:
         started = time.perf_counter()
 
         async def send(request: BenchRequest, at: float) -> Outcome:
             await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
-            return await stream(client, base, model, request)
+            return await stream(shared, base, model, request)
 
         outcomes = await asyncio.gather(*(send(r, at) for r, at in zip(requests, arrivals, strict=True)))
         seconds = time.perf_counter() - started
