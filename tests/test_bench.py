@@ -90,7 +90,7 @@ def test_summary_counts_failures_by_kind_and_resets_apart() -> None:
     done = [Outcome(ttft=0.1, itl=[0.01, 0.03], e2e=0.2, tokens=3), Outcome(ttft=0.3, itl=[0.02], e2e=0.5, tokens=2)]
     failed = [Outcome(error="HTTP 429"), Outcome(error="HTTP 429"), Outcome(ttft=0.2, tokens=1, error=RESET)]
     summary = summarize(LoadRun([*done, *failed, Outcome(error=CLOSED)], seconds=2.0))
-    assert (summary.requests, summary.completed, summary.resets) == (6, 2, 2)
+    assert (summary.requests, summary.completed, summary.resets, summary.timed) == (6, 2, 2, 3)
     assert summary.errors == {"HTTP 429": 2, RESET: 1, CLOSED: 1}
     assert (summary.tokens, summary.tokens_per_s, summary.requests_per_s) == (6, 3.0, 1.0)
     assert summary.e2e.p50 == pytest.approx(0.35)

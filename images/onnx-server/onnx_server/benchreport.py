@@ -110,7 +110,8 @@ def table(results: Results) -> str:
         )
         failures = ", ".join(f"{count} x {kind}" for kind, count in sorted(run.errors.items())) or "none"
         compared = f"ratio to the {base}; " if base else ""
-        notes.append(f"  {name}: {compared}errors {failures}; connection resets {run.resets}")
+        timed = f"; TTFT and ITL from the {run.timed} of {run.requests} that streamed text"
+        notes.append(f"  {name}: {compared}errors {failures}; connection resets {run.resets}{timed}")
     return "\n".join([*lines, "", *notes])
 
 

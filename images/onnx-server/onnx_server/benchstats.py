@@ -37,6 +37,7 @@ class Summary:
     completed: int
     errors: dict[str, int]  # kind -> count; empty when every request completed
     resets: int
+    timed: int  # requests whose stream carried text, so their TTFT and gaps were measured
     tokens: int
     seconds: float
     ttft: Percentiles
@@ -60,6 +61,7 @@ def summarize(run: LoadRun) -> Summary:
         completed=len(run.outcomes) - len(failed),
         errors=dict(Counter(str(o.error) for o in failed)),
         resets=sum(o.reset for o in failed),
+        timed=sum(o.ttft is not None for o in run.outcomes),
         tokens=sum(o.tokens for o in run.outcomes),
         seconds=run.seconds,
         ttft=Percentiles.of([o.ttft for o in run.outcomes if o.ttft is not None]),
