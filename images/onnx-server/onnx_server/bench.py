@@ -1,31 +1,61 @@
-"""Server benchmark: `python -m onnx_server.bench [--model DIR] [--new-tokens 128]`.
+"""Server benchmark against the raw engine, in one run and one process tree.
 
-In one run and one process tree: the raw onnxruntime-genai generation loop in-process (one stream,
-then static batches of N, the fastest raw way to serve N concurrent requests on CPU) and this server
-over HTTP on the same model and prompts, at concurrency 1, 4 and 16. Prints tokens/s, TTFT and
-inter-token latency (p50/p95) for each, and the server/raw ratios. Without --model it builds a random
-Phi3 (hidden 512 x 8 layers) and converts it to int4 first (needs the `convert` package on the path).
+`python -m onnx_server.bench [--size small|large | --model DIR]`: equal requests in waves. The raw
+onnxruntime-genai loop in-process (one stream, then static batches of N, the fastest raw way to serve
+N concurrent requests on CPU) and this server over HTTP at concurrency 1, 4 and 16.
+
+`python -m onnx_server.bench --realistic [--clients 16] [--rate auto|R] [--json OUT]`: mixed lengths
+as vLLM's serving benchmark does (loadgen.py): the raw engine's single stream and the server's one
+client in turn, the raw static batch of N equal requests, the server with N closed-loop clients and
+an open loop of Poisson arrivals; TTFT, inter-token and end-to-end percentiles, every error, the
+ratios to the raw engine and issue 15's targets.
+
+Without --model it uses a random int4 Phi3 (benchmodels.py), built once into --cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import math
 import os
+import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
+from onnx_server.benchmodels import CACHE, SIZES, build
+from onnx_server.benchreport import OPEN_LOOP_SHARE, Results, table, target_lines, to_json
+from onnx_server.benchstats import Summary, summarize
 from onnx_server.cpus import available_cpus
-from onnx_server.genai import genai
+from onnx_server.loadgen import (
+    MAX_TOKENS,
+    PROMPT_WORDS,
+    BenchRequest,
+    LoadRun,
+    Outcome,
+    client,
+    closed_loop,
+    equal_requests,
+    open_loop,
+    poisson_arrivals,
+    served_model,
+    stream,
+    workload,
+)
+from onnx_server.rawengine import RawEngine
 
 KEY = "bench-key"
 
@@ -36,6 +66,7 @@ class Run:
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
+    failed: int = 0  # requests that did not complete
 
     @property
     def rate(self) -> float:
@@ -52,83 +83,23 @@ def prompts(count: int) -> list[str]:
 
 def raw_run(model_dir: Path, texts: list[str], new_tokens: int, batch: int) -> Run:
     """Static batches of `batch` prompts through the Generator loop (batch 1: one stream at a time)."""
-    og = genai()
-    config = og.Config(str(model_dir))
-    threads = available_cpus()
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model = og.Model(config)
-    tokenizer = og.Tokenizer(model)
-    eos = set(json.loads((model_dir / "genai_config.json").read_text())["model"]["eos_token_id"])
-    result = Run()
-    started = time.perf_counter()
-    for first in range(0, len(texts), batch):
-        group = texts[first : first + batch]
-        ids = [tokenizer.encode(t) for t in group]
-        params = og.GeneratorParams(model)
-        longest = max(len(i) for i in ids)
-        params.set_search_options(max_length=longest + new_tokens, do_sample=False, batch_size=len(group))
-        generator = og.Generator(model, params)
-        t0 = time.perf_counter()
-        generator.append_tokens(ids[0] if len(group) == 1 else tokenizer.encode_batch(group))
-        last = [t0] * len(group)
-        done = [False] * len(group)
-        count = [0] * len(group)
-        while not all(done) and not generator.is_done():
-            generator.generate_next_token()
-            now = time.perf_counter()
-            for index, token in enumerate(generator.get_next_tokens()):
-                if done[index]:
-                    continue
-                if int(token) in eos:
-                    done[index] = True
-                    continue
-                count[index] += 1
-                (result.ttft if count[index] == 1 else result.itl).append(now - last[index])
-                last[index] = now
-                done[index] = count[index] >= new_tokens
-        result.tokens += sum(count)
-    result.seconds = time.perf_counter() - started
-    return result
+    requests = [BenchRequest(t, new_tokens) for t in texts]
+    return _as_run(RawEngine(model_dir).static_batches(requests, batch))
 
 
-async def _stream(client: httpx.AsyncClient, base: str, text: str, new_tokens: int, result: Run) -> None:
-    body = {
-        "model": "bench",
-        "prompt": text,
-        "max_tokens": new_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    last = started
-    first = True
-    async with client.stream("POST", base + "/v1/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                result.tokens += event["usage"]["completion_tokens"]
-            if any(c.get("text") for c in event["choices"]):
-                now = time.perf_counter()
-                (result.ttft if first else result.itl).append(now - (started if first else last))
-                first, last = False, now
+def _as_run(load: LoadRun) -> Run:
+    return Run(
+        tokens=sum(o.tokens for o in load.outcomes),
+        seconds=load.seconds,
+        ttft=[o.ttft for o in load.outcomes if o.ttft is not None],
+        itl=[gap for o in load.outcomes for gap in o.itl],
+        failed=sum(o.error is not None for o in load.outcomes),
+    )
 
 
 async def server_run(base: str, texts: list[str], new_tokens: int, concurrency: int) -> Run:
-    result = Run()
-    pending = list(texts)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while pending:
-            await _stream(client, base, pending.pop(0), new_tokens, result)
-
-    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        result.seconds = time.perf_counter() - started
-    return result
+    requests = [BenchRequest(t, new_tokens) for t in texts]
+    return _as_run(await closed_loop(base, "bench", KEY, requests, concurrency))
 
 
 def _free_port() -> int:
@@ -137,27 +108,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(model_dir: Path, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {**os.environ, "ONNX_SERVER_API_KEYS": KEY, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onnx_server",
-            "--model",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--served-model-name",
-            "bench",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "onnx_server", "--model", str(model_dir), "--port", str(port)]
+    with log.open("w") if log else open(os.devnull, "w") as stderr:  # noqa: PTH123 (the child keeps its copy)
+        process = subprocess.Popen(
+            [*command, "--served-model-name", "bench"], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}" + (f"; its log: {log}" if log else ""))
         try:
             if httpx.get(base + "/ready", timeout=1).status_code == 200:
                 return process, base
@@ -168,65 +130,175 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the server did not become ready")
 
 
-def build_model(root: Path) -> Path:
-    from convert.tiny_model import TinySpec, build  # noqa: PLC0415 (only without --model)
+def waves(model_dir: Path, requests: int, new_tokens: int) -> None:
+    """Equal requests sent in waves at concurrency 1, 4 and 16 (the first benchmark)."""
+    texts = prompts(requests)
+    rows = []
+    for concurrency in (1, 4, 16):
+        raw = raw_run(model_dir, texts, new_tokens, concurrency)
+        rows.append(("raw", concurrency, raw))
+    process, base = start_server(model_dir)
+    try:
+        for concurrency in (1, 4, 16):
+            rows.append(("server", concurrency, asyncio.run(server_run(base, texts, new_tokens, concurrency))))
+    finally:
+        process.terminate()
+        process.wait(60)
+    print(f"model {model_dir}, {requests} requests x {new_tokens} new tokens, {available_cpus()} CPUs")
+    print(f"{'':7} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7} {'failed':>6}")
+    for name, concurrency, run in rows:
+        print(
+            f"{name:7} {concurrency:4d} {run.rate:8.1f} {_pct(run.ttft, 50):9.1f} {_pct(run.ttft, 95):7.1f} "
+            f"{_pct(run.itl, 50):8.2f} {_pct(run.itl, 95):7.2f} {run.failed:6d}"
+        )
+    raw_rates = {c: r.rate for n, c, r in rows if n == "raw"}
+    for _, concurrency, run in (r for r in rows if r[0] == "server"):
+        print(f"server/raw at concurrency {concurrency}: {run.rate / raw_rates[concurrency]:.2f}")
 
-    source = build(
-        root / "source", TinySpec(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1024, context=1024)
-    )
-    out = root / "int4"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "--model",
-            str(source),
-            "--method",
-            "builder",
-            "--out",
-            str(out),
-            "--no-compare",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return out
+
+def realistic(
+    model_dir: Path,
+    base: str,
+    key: str,
+    requests: list[BenchRequest],
+    *,
+    clients: int = 16,
+    rate: float | None = None,
+    seed: int = 0,
+) -> Results:
+    """The raw engine in this process and the server at `base` (already running) under the same
+    requests: the raw single stream and the server's 1 client in turn, the raw static batches, then
+    `clients` closed-loop clients and an open loop at `rate` requests/s (None: 70% of the closed
+    loop's measured capacity). Neither side computes while the other is measured."""
+    raw = RawEngine(model_dir)
+    raw.batch([requests[0].prompt], 4)  # first-run costs (allocations, thread pool start) are not measured
+    model = served_model(base, key)
+    asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
+    _progress(f"{len(requests)} requests one at a time, raw engine and server (1 client) in turn")
+    raw_single, one_client = asyncio.run(_in_turn(raw, base, model, key, requests))
+    words = round(statistics.mean(len(r.prompt.split()) for r in requests))
+    budget = round(statistics.mean(r.max_tokens for r in requests))
+    equal = equal_requests(clients * math.ceil(len(requests) / clients), words, budget, seed)
+    _progress(f"raw engine: static batches of {clients}")
+    raw_batch = summarize(raw.static_batches(equal, clients))
+    del raw  # its weights, before the server works
+    gc.collect()
+
+    auto_rate = rate is None
+    _progress(f"server: {clients} closed-loop clients")
+    closed = summarize(asyncio.run(closed_loop(base, model, key, requests, clients)))
+    if rate is None:
+        if not closed.completed:
+            raise RuntimeError(f"the {clients}-client closed loop completed no request: {closed.errors}")
+        rate = OPEN_LOOP_SHARE * closed.requests_per_s
+    arrivals = poisson_arrivals(rate, len(requests), seed)
+    _progress(f"server: open loop, Poisson arrivals at {rate:.2f} requests/s")
+    opened = summarize(asyncio.run(open_loop(base, model, key, requests, arrivals)))
+    return Results(raw_single, raw_batch, one_client, closed, opened, clients, rate, rate_is_auto=auto_rate)
+
+
+async def _in_turn(
+    raw: RawEngine, base: str, model: str, key: str, requests: list[BenchRequest]
+) -> tuple[Summary, Summary]:
+    """Each request alone through the raw engine, then alone through the server: load from other
+    work that comes and goes on a shared machine weighs on both sides alike."""
+    raw_runs: list[LoadRun] = []
+    served: list[Outcome] = []
+    served_seconds = 0.0
+    async with client(key, 1) as shared:
+        for request in requests:
+            raw_runs.append(raw.single_stream([request]))
+            started = time.perf_counter()
+            served.append(await stream(shared, base, model, request))
+            served_seconds += time.perf_counter() - started
+    raw_outcomes = [o for run in raw_runs for o in run.outcomes]
+    raw_seconds = sum(run.seconds for run in raw_runs)
+    return summarize(LoadRun(raw_outcomes, raw_seconds)), summarize(LoadRun(served, served_seconds))
+
+
+def _progress(step: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {step}", file=sys.stderr, flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "cpus_available": available_cpus(),
+        "load_average": os.getloadavg(),
+        "platform": platform.platform(),
+    }
+
+
+def _rate(value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"--rate must be 'auto' or requests per second above 0, not {value!r}")
+    return rate
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m onnx_server.bench", description="raw onnxruntime-genai vs server")
-    parser.add_argument("--model", type=Path, help="model folder (default: build a random Phi3 512 x 8, int4)")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--realistic", action="store_true", help="mixed lengths, closed and open loop (else: waves)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="random model to build and cache")
+    parser.add_argument("--model", type=Path, help="benchmark this model folder instead of a random one")
+    parser.add_argument("--cache", type=Path, default=CACHE, help=f"where random models are built (default {CACHE})")
+    parser.add_argument("--requests", type=_positive, help="requests per run (default: 32 waves, 64 realistic)")
+    parser.add_argument("--new-tokens", type=_positive, default=128, help="waves: tokens per request")
+    parser.add_argument("--clients", type=_positive, default=16, help="realistic: closed-loop clients")
+    parser.add_argument("--rate", type=_rate, default="auto", help="realistic: open-loop requests/s, or auto (70%%)")
+    parser.add_argument("--seed", type=int, default=0, help="realistic: the workload and arrivals")
+    parser.add_argument("--json", type=Path, help="realistic: write the results here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or build_model(Path(scratch))
-        texts = prompts(args.requests)
-        rows = []
-        for concurrency in (1, 4, 16):
-            raw = raw_run(model_dir, texts, args.new_tokens, concurrency)
-            rows.append(("raw", concurrency, raw))
-        process, base = start_server(model_dir)
-        try:
-            for concurrency in (1, 4, 16):
-                rows.append(("server", concurrency, asyncio.run(server_run(base, texts, args.new_tokens, concurrency))))
-        finally:
-            process.terminate()
-            process.wait(60)
-        print(
-            f"model {model_dir.name}, {args.requests} requests x {args.new_tokens} new tokens, {available_cpus()} CPUs"
-        )
-        print(f"{'':7} {'conc':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95 ms':>7} {'ITL p50':>8} {'p95 ms':>7}")
-        for name, concurrency, run in rows:
-            print(
-                f"{name:7} {concurrency:4d} {run.rate:8.1f} {_pct(run.ttft, 50):9.1f} {_pct(run.ttft, 95):7.1f} "
-                f"{_pct(run.itl, 50):8.2f} {_pct(run.itl, 95):7.2f}"
-            )
-        raw_rates = {c: r.rate for n, c, r in rows if n == "raw"}
-        for _, concurrency, run in (r for r in rows if r[0] == "server"):
-            print(f"server/raw at concurrency {concurrency}: {run.rate / raw_rates[concurrency]:.2f}")
+    model_dir: Path = args.model or build(args.size, args.cache)
+    if not args.realistic:
+        waves(model_dir, args.requests or 32, args.new_tokens)
+        return
+    requests = workload(args.requests or 64, args.seed)
+    log = Path(tempfile.gettempdir()) / f"onnx-server-bench-{os.getpid()}.log"
+    context: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "model": str(model_dir),
+        "size": None if args.model else asdict(SIZES[args.size]),
+        "workload": {
+            "requests": len(requests),
+            "seed": args.seed,
+            "prompt_words_uniform": PROMPT_WORDS,
+            "max_tokens_log_uniform": MAX_TOKENS,
+        },
+    }
+    process, base = start_server(model_dir, log)
+    try:
+        results = realistic(model_dir, base, KEY, requests, clients=args.clients, rate=args.rate, seed=args.seed)
+    finally:
+        process.terminate()
+        process.wait(60)
+    context["load_average_after"] = os.getloadavg()
+    print(f"{context['date']}  {context['machine']}  load average after {context['load_average_after']}")
+    print(
+        f"model {model_dir}; {len(requests)} requests, seed {args.seed}: prompts {PROMPT_WORDS[0]}..{PROMPT_WORDS[1]}"
+        f" words uniform, max_tokens {MAX_TOKENS[0]}..{MAX_TOKENS[1]} log-uniform; server log {log}"
+    )
+    print(table(results))
+    print()
+    print(target_lines(results))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(results, context), indent=2) + "\n")
 
 
 if __name__ == "__main__":
