@@ -332,3 +332,30 @@ def test_poisson_streams_meet_no_reset_and_the_server_counts_every_one(served_mo
         server.stop()
     assert counted == sent
     assert sum(n for (path, _, _), n in _logged(server).items() if path == "/v1/completions") == sent
+
+
+def test_drain_time_requests_are_logged_and_counted_too(endless_model: Path) -> None:
+    """SIGTERM with a body still arriving (503, refused) and a stream still running at the drain
+    deadline (ended by the server: cancelled): one log line each, with its outcome."""
+    server = Server(endless_model, "--graceful-shutdown-seconds", "2", "--body-timeout", "30")
+    started = threading.Event()
+
+    def stream() -> None:
+        body = {"model": MODEL, "prompt": "drain", "max_tokens": 8000, "stream": True}
+        with httpx.stream("POST", server.base + "/v1/completions", json=body, headers=server.headers, timeout=60) as r:
+            for _ in r.iter_lines():
+                started.set()
+
+    answers: list[bytes] = []
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + KEY + b"Content-Length: 500\r\n\r\n"
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(30)
+    sender = threading.Thread(target=lambda: answers.append(raw_exchange(server.port, head, b"{", timeout=30)[0]))
+    sender.start()
+    time.sleep(0.5)
+    assert server.stop(timeout=30) == 0
+    reader.join(30)
+    sender.join(30)
+    assert status_of(answers[0]) == 503 and b"connection: close" in answers[0].lower()
+    assert _logged(server) == {("/v1/completions", 503, "rejected"): 1, ("/v1/completions", 200, "cancelled"): 1}
