@@ -44,9 +44,9 @@ def _json_body(answer: bytes) -> dict[str, Any]:
 def _requests_total(base: str) -> dict[tuple[str, str], float]:
     found: dict[tuple[str, str], float] = {}
     for line in httpx.get(base + "/metrics").text.splitlines():
-        match = re.match(r'onnx_server_requests_total\{endpoint="([^"]*)",status="(\d+)"\} (\S+)', line)
+        match = re.match(r'onnx_server_requests_total\{endpoint="([^"]*)",outcome="[^"]*",status="(\d+)"\} (\S+)', line)
         if match:
-            found[(match[1], match[2])] = float(match[3])
+            found[(match[1], match[2])] = found.get((match[1], match[2]), 0.0) + float(match[3])
     return found
 
 
@@ -103,7 +103,10 @@ def test_an_unhandled_error_is_a_counted_logged_json_500(caplog: pytest.LogCaptu
         reply = asyncio.run(call())
     assert reply.status_code == 500 and reply.json()["error"]["type"] == "server_error"
     assert (
-        metrics.registry.get_sample_value("onnx_server_requests_total", {"endpoint": "/health", "status": "500"}) == 1
+        metrics.registry.get_sample_value(
+            "onnx_server_requests_total", {"endpoint": "/health", "status": "500", "outcome": "error"}
+        )
+        == 1
     )
     records = [r for r in caplog.records if r.name == "onnx_server.api"]
     assert [r.getMessage() for r in records] == ["unhandled error", "request"]

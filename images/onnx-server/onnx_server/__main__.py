@@ -9,7 +9,7 @@ import sys
 import uvicorn
 from prometheus_client import start_http_server
 
-from onnx_server import genai, logs, settings
+from onnx_server import access, genai, logs, settings
 from onnx_server.app import Service, create_app
 from onnx_server.metrics import Metrics
 from onnx_server.protocol import with_header_timeout
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     app = create_app(config, metrics)
     service: Service = app.state.service
+
+    def refused(method: str | None, path: str | None, status: int, outcome: str, ms: float) -> None:
+        access.record(metrics, method=method, path=path, status=status, outcome=outcome, ms=ms)
+
     logging.getLogger("onnx_server").info(
         "starting", extra={"host": config.host, "port": config.port, "auth": not config.allow_unauthenticated}
     )
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         timeout_graceful_shutdown=math.ceil(config.graceful_shutdown_seconds),
         server_header=False,
-        http=with_header_timeout(config.header_timeout),
+        timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]  # uvicorn takes float seconds
+        http=with_header_timeout(config.header_timeout, refused),
     )
     DrainingServer(server_config, service.draining.set, service.end_requests).run()
     return 0

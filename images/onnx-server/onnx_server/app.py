@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onnx_server import guidance, schemas, text
+from onnx_server.access import RequestRecord, outcome_for_event
 from onnx_server.chat import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
@@ -231,7 +232,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(service, job, _completion_chunks(service, job, completion_id, include_usage))
+            events = _observed(job, _record(request))
+            return _stream(service, job, _completion_chunks(service, job, events, completion_id, include_usage))
         text_out, reason, completion_tokens = await _collect(service, job, request)
         return schemas.Completion(
             id=completion_id,
@@ -298,7 +300,8 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
     legacy = body.functions is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chat_chunks(service, job, completion_id, include_usage, tools=bool(tools), legacy=legacy)
+        events = _observed(job, _record(request))
+        chunks = _chat_chunks(service, job, events, completion_id, include_usage, tools=bool(tools), legacy=legacy)
         return _stream(service, job, chunks)
     text_out, reason, completion_tokens = await _collect(service, job, request)
     content, calls = parse_tool_calls(text_out) if tools else (text_out, [])
@@ -389,7 +392,27 @@ async def _job(
         raise ApiError(503, "the model is loading; retry shortly", "service_unavailable") from None
     service.jobs.add(job)
     request.state.job = job
+    _record(request).prompt_tokens = len(prompt_ids)
     return job
+
+
+def _record(request: Request) -> RequestRecord:
+    """The Guard's record of this request (its access log line), or a detached one without it."""
+    found = request.scope.get("state", {}).get("record")
+    return found if isinstance(found, RequestRecord) else RequestRecord()
+
+
+async def _observed(job: Job, record: RequestRecord) -> AsyncIterator[Event]:
+    """A job's events, noting in the request's record how the generation ended."""
+    async for event in job.events_until_done():
+        if event.kind == "done":
+            record.completion_tokens = event.completion_tokens
+            record.outcome = "ok"
+        elif event.kind == "error":
+            record.outcome, record.code = outcome_for_event(event.status, event.code), event.code
+        elif event.kind == "cancelled":
+            record.outcome = "client_gone"
+        yield event
 
 
 def _usage(job: Job, completion_tokens: int) -> schemas.Usage:
@@ -410,7 +433,7 @@ async def _collect(service: Service, job: Job, request: Request) -> tuple[str, s
 
     watcher = asyncio.create_task(watch())
     try:
-        async for event in job.events_until_done():
+        async for event in _observed(job, _record(request)):
             if event.kind == "delta":
                 parts.append(event.text)
             elif event.kind == "error":
@@ -451,7 +474,14 @@ def _stream(service: Service, job: Job, chunks: AsyncIterator[bytes]) -> Streami
 
 
 async def _chat_chunks(
-    service: Service, job: Job, completion_id: str, include_usage: bool, *, tools: bool, legacy: bool
+    service: Service,
+    job: Job,
+    events: AsyncIterator[Event],
+    completion_id: str,
+    include_usage: bool,
+    *,
+    tools: bool,
+    legacy: bool,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": service.model_name}
@@ -469,7 +499,7 @@ async def _chat_chunks(
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **usage_field})
 
-    async for event in job.events_until_done():
+    async for event in events:
         if event.kind == "delta":
             for delta in calls.feed(event.text) if calls else [{"content": event.text}]:
                 yield chunk(delta)
@@ -491,12 +521,12 @@ async def _chat_chunks(
 
 
 async def _completion_chunks(
-    service: Service, job: Job, completion_id: str, include_usage: bool
+    service: Service, job: Job, events: AsyncIterator[Event], completion_id: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     base = {"id": completion_id, "object": "text_completion", "created": created, "model": service.model_name}
     usage_field = {"usage": None} if include_usage else {}
-    async for event in job.events_until_done():
+    async for event in events:
         if event.kind == "delta":
             yield _sse({**base, "choices": [{"index": 0, "text": event.text, "finish_reason": None}], **usage_field})
         elif event.kind == "error":

@@ -14,15 +14,15 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from onnx_server.access import CLIENT_GONE, DOCS_PATHS, OPEN_PATHS, RequestRecord, outcome_for_status, record
 from onnx_server.engine import frames
 from onnx_server.errors import error_response
 from onnx_server.metrics import Metrics
 from onnx_server.settings import Settings
 
 log = logging.getLogger("onnx_server.api")
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-KNOWN_PATHS = OPEN_PATHS | DOCS_PATHS | {"/v1/models", "/v1/chat/completions", "/v1/completions"}
+# A body deadline that passes while the loop was held this long looks once more before its 408.
+LATE = 0.1
 
 
 class Draining(Protocol):
@@ -33,12 +33,6 @@ class Draining(Protocol):
 @dataclass(frozen=True)
 class _Rejected:
     response: ASGIApp
-
-
-def endpoint_label(path: str) -> str:
-    if path in KNOWN_PATHS:
-        return path
-    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
 
 
 class Guard:
@@ -53,35 +47,61 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 0}
+        details = RequestRecord()
+        scope.setdefault("state", {})["record"] = details  # the routes add tokens and outcomes
+        sent = {"status": 0, "complete": False}
 
         async def send_recording(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                sent["status"] = message["status"]
+                if self.draining.is_set():
+                    # The connection closes after this answer: say so, or the client's pool keeps it
+                    # and sends its next request into a closed socket.
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent["complete"] = True
             await send(message)
 
         failure: str | None = None
+        cancelled = False
         try:
             checked = await self._check(scope, receive)
             if isinstance(checked, _Rejected):
                 await checked.response(scope, receive, send_recording)
             else:
                 await self.app(scope, checked, send_recording)
+        except asyncio.CancelledError:
+            cancelled = True  # the server's own shutdown deadline
+            raise
         except Exception as error:  # the last line of defence: a JSON 500, counted and logged
             failure = type(error).__name__
             log.error("unhandled error", extra={"path": scope["path"], "error": failure, "frames": frames(error)})
-            if not status["code"]:
+            if not sent["status"]:
                 response = error_response(500, "internal server error", "server_error", close=True)
                 await response(scope, receive, send_recording)
         finally:
-            path = scope["path"]
-            code = status["code"] or 499  # nothing was sent: the client went away first
-            self.metrics.requests.labels(endpoint_label(path), str(code)).inc()
-            elapsed = round((time.perf_counter() - started) * 1000, 1)
-            extra: dict[str, object] = {"path": path, "status": code, "ms": elapsed}
+            status = sent["status"] or CLIENT_GONE  # nothing was sent: the client went away first
             if failure:
-                extra["error"] = failure
-            log.log(logging.ERROR if code >= 500 else logging.INFO, "request", extra=extra)
+                outcome = "error"
+            elif details.outcome:
+                outcome = details.outcome
+            elif cancelled:
+                outcome = "cancelled"
+            elif sent["status"] and not sent["complete"]:
+                outcome = "client_gone"  # the answer was cut off mid-way
+            else:
+                outcome = outcome_for_status(status)
+            record(
+                self.metrics,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                outcome=outcome,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+                details=details,
+                error=failure,
+            )
 
     async def _check(self, scope: Scope, receive: Receive) -> Receive | _Rejected:
         settings = self.settings
@@ -131,10 +151,15 @@ class Guard:
         """The whole body within --body-timeout (a slow sender holds nothing for longer), unless
         the server starts draining first."""
         timeout = self.settings.body_timeout
+        loop = asyncio.get_running_loop()
+        due = loop.time() + timeout
         reader = asyncio.ensure_future(_read_all(receive, limit))
         drain = asyncio.ensure_future(self.draining.wait())
         try:
             done, _ = await asyncio.wait({reader, drain}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done and loop.time() - due > LATE:
+                # The deadline passed while the loop was held: the body may be sitting unread.
+                done, _ = await asyncio.wait({reader, drain}, timeout=LATE, return_when=asyncio.FIRST_COMPLETED)
         finally:
             drain.cancel()
         if reader in done:

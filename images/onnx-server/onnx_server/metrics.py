@@ -36,9 +36,15 @@ class Metrics:
         self.request_success = Counter(
             "vllm:request_success", "Finished requests by finish reason.", [*labels, "finished_reason"], registry=r
         )
+        # --- request outcomes (access.py): every request read, whatever became of it -------------
         self.requests = Counter(
-            "onnx_server_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+            "onnx_server_requests",
+            "HTTP requests by endpoint, status code sent and outcome (ok, rejected, timeout, client_gone, "
+            "cancelled, error).",
+            ["endpoint", "status", "outcome"],
+            registry=r,
         )
+        # --- end of request outcomes ------------------------------------------------------------
         self.batch_size = Histogram(
             "onnx_server_batch_size",
             "Sequences per decoding batch.",

@@ -32,6 +32,10 @@ class Settings:
     graceful_shutdown_seconds: float = 30.0
     header_timeout: float = 10.0  # a connection's request line and headers must arrive within this
     body_timeout: float = 30.0  # and a request's whole body within this
+    # An idle kept-alive connection closes after this. Longer than the idle timeout of every pool in
+    # front (clients, Caddy's 2 min, the gateway's 300 s, Google's load balancer's 600 s), so the pool
+    # always closes first and never sends a request into a connection the server is closing.
+    keep_alive_timeout: float = 620.0
     open_docs: bool = False  # /docs and /openapi.json without a key
 
 
@@ -87,6 +91,12 @@ def parse(argv: list[str] | None = None) -> Settings:
     add("graceful-shutdown-seconds", float, d.graceful_shutdown_seconds, "drain time on SIGTERM")
     add("header-timeout", float, d.header_timeout, "seconds for a request's line and headers to arrive")
     add("body-timeout", float, d.body_timeout, "seconds for a request's whole body to arrive")
+    add(
+        "keep-alive-timeout",
+        float,
+        d.keep_alive_timeout,
+        "seconds an idle kept-alive connection stays open; keep it above the idle timeout of the proxy's pool",
+    )
     parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -114,7 +124,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     for flag in ("port", "max_batch", "max_waiting", "default_max_tokens", "max_prefill_chunk"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    for flag in ("header_timeout", "body_timeout"):
+    for flag in ("header_timeout", "body_timeout", "keep_alive_timeout"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be more than 0 seconds")
     if not args.prefill_budget_ms >= 0:
@@ -140,5 +150,6 @@ def parse(argv: list[str] | None = None) -> Settings:
         graceful_shutdown_seconds=args.graceful_shutdown_seconds,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
         open_docs=args.open_docs,
     )
