@@ -741,6 +741,24 @@ def _caddy() -> tuple[str, tuple[int, int]]:
     return caddy, (int(match.group(1)), int(match.group(2)))
 
 
+def rewrite_ports(text: str, fixed: dict[int, int]) -> str:
+    """Every fixed port in a Caddyfile rewritten in one pass, so a free port already written in is
+    never rewritten again (one beginning with a backend server's port would otherwise be)."""
+    return re.sub(r"(?<=[: ])(\d{4,5})\b", lambda m: str(fixed.get(int(m[1]), m[1])), text)
+
+
+def start_caddy(binary: str, text: str, tmp_path: Path, home: Path, stderr: int) -> subprocess.Popen[bytes]:
+    """A real Caddy running the Caddyfile `text`, its data and configuration folders under `home`."""
+    (tmp_path / "Caddyfile").write_text(text)
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
+    return subprocess.Popen(
+        [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
 @dataclass(frozen=True)
 class RunningProxy:
     url: str
@@ -771,11 +789,9 @@ def _proxy_running(secrets: Path, tmp_path: Path, upstreams: dict[str, int] | No
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     https, http, health, metrics, ask = _free_port(), _free_port(), _free_port(), _free_port(), _free_port()
     text = caddyfile(settings_for(overrides={"webUi": {"enabled": True}}), PUBLIC_HOST)
-    # Every fixed port rewritten in one pass, so a free port already written in is never rewritten again
-    # (one beginning with a backend server's port would otherwise be).
     fixed = {8443: https, 8080: http, 8081: health, caddy.PROXY_ASK_PORT: ask, PROXY_METRICS_PORT: metrics}
     fixed |= {backend_server_port(name): _free_port() for name in registry.names()}
-    text = re.sub(r"(?<=[: ])(\d{4,5})\b", lambda m: str(fixed.get(int(m[1]), m[1])), text)
+    text = rewrite_ports(text, fixed)
     text = text.replace(f":{https} {{", f":{https} {{\n\tbind 127.0.0.1")
     text = text.replace(f":{metrics} {{", f":{metrics} {{\n\tbind 127.0.0.1")
     for old, new in SHORT_TIMEOUTS.items():
@@ -789,15 +805,8 @@ def _proxy_running(secrets: Path, tmp_path: Path, upstreams: dict[str, int] | No
         # Debian's Caddy 2.6 predates server names and the `metrics` option (the image runs 2.10).
         text = re.sub(r"\n\tmetrics\n", "\n", text)
         text = re.sub(r"\n\tservers [^\n]+\{\n(\t\t[^\n]*\n)*\t\}", "", text)
-    (tmp_path / "Caddyfile").write_text(text)
     home = tmp_path / "caddy-home"
-    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
-    process = subprocess.Popen(
-        [caddy_bin, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_caddy(caddy_bin, text, tmp_path, home, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
         while True:

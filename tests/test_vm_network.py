@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client as http_client
 import ipaddress
 import json
-import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,7 +27,9 @@ from tests.test_compose import (  # pyright: ignore[reportPrivateUsage]
     _caddy,
     _free_port,
     caddyfile,
+    rewrite_ports,
     settings_for,
+    start_caddy,
 )
 from tests.test_vm import _compose  # pyright: ignore[reportPrivateUsage]
 
@@ -204,17 +204,9 @@ def test_caddy_answers_plain_http_only_with_a_redirect_to_https(tmp_path: Path) 
         caddy.PROXY_METRICS_PORT: _free_port(),
     }
     fixed |= {caddy.backend_server_port(b.name): _free_port() for b in described(settings)}
-    text = re.sub(r"(?<=[: ])(\d{4,5})\b", lambda m: str(fixed.get(int(m[1]), m[1])), text)
+    text = rewrite_ports(text, fixed)
     text = text.replace("{\n\tadmin off", "{\n\tadmin off\n\tdefault_bind 127.0.0.1", 1)
-    (tmp_path / "Caddyfile").write_text(text)
-    home = tmp_path / "home"
-    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "cfg")}
-    process = subprocess.Popen(
-        [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_caddy(binary, text, tmp_path, tmp_path / "home", stderr=subprocess.DEVNULL)
     try:
         http = fixed[port_80[0]]
         deadline = time.monotonic() + 20
