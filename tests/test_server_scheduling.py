@@ -312,6 +312,17 @@ def test_the_engine_is_chosen_by_the_models_execution_provider(varied_model: Pat
     assert read_model_config(cuda).uses_cuda
 
 
+def test_the_cpu_session_sleeps_idle_threads_instead_of_spinning(varied_model: Path) -> None:
+    """The server's event loop, tokenizer and clients wake every token; a spinning intra-op thread
+    would be preempted by each wake-up (decoder.py has the measurement, README the numbers)."""
+    from onnx_server.decoder import cpu_session
+    from onnx_server.model_config import read_model_config
+
+    options = cpu_session(read_model_config(varied_model), 2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+
+
 def test_static_batches_serve_when_the_model_names_cuda(varied_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine CUDA models get (onnxruntime-genai's Generator in static batches), driven on the
     CPU: no GPU here, so the model's provider is reported as CUDA to the engine while genai loads

@@ -22,7 +22,7 @@ class Settings:
     max_batch: int = 16  # sequences decoding together (KV-cache rows)
     max_waiting: int = 64  # admitted but not yet running; beyond: 429
     batch_wait_ms: float = 10.0  # static batches (CUDA models): how long a new batch waits for more arrivals
-    prefill_budget_ms: float = 0.0  # prompt work per step while others stream; 0: one step, 20 ms at least
+    prefill_budget_ms: float = 0.0  # prompt work per step while others stream; 0: two steps, 20 ms at least
     max_prefill_chunk: int = 512  # prompt tokens per prefill run at most
     request_timeout: float = 600.0
     default_max_tokens: int = 1024  # when a request names none (bounded by the context)
@@ -81,7 +81,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         "prefill-budget-ms",
         float,
         d.prefill_budget_ms,
-        "prompt processing per decode step while other requests stream; 0: one decode step, at least 20 ms",
+        "prompt processing per decode step while other requests stream; 0: two decode steps, at least 20 ms",
     )
     add("max-prefill-chunk", int, d.max_prefill_chunk, "prompt tokens per prefill run at most")
     add("request-timeout", float, d.request_timeout, "seconds before a request is abandoned")
@@ -128,7 +128,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be more than 0 seconds")
     if not args.prefill_budget_ms >= 0:
-        parser.error("--prefill-budget-ms must be 0 (one decode step) or more")
+        parser.error("--prefill-budget-ms must be 0 (two decode steps) or more")
     return Settings(
         model=Path(args.model),
         host=args.host,
