@@ -74,6 +74,7 @@ class Service:
             batch_wait_ms=settings.batch_wait_ms,
             threads=settings.threads,
             prefill_budget_ms=settings.prefill_budget_ms,
+            kv_cache_gib=settings.kv_cache_gib,
             max_prefill_chunk=settings.max_prefill_chunk,
         )
         self.template = ChatTemplate(load_template(settings.model), _template_tokens(settings.model))
@@ -125,6 +126,20 @@ class Service:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        kv = self.engine.kv
+        if kv is not None:  # what the running requests' cache may hold at once (kv_budget.py)
+            needed = prompt + (requested if requested is not None else 1)
+            if needed > kv.capacity:
+                raise ApiError(
+                    400,
+                    f"This server's maximum context length is {kv.capacity} tokens (the size of its KV "
+                    "cache: --kv-cache-gib, or what its memory limit leaves). However, you requested "
+                    f"{needed} tokens ({prompt} in the {what}, {needed - prompt} in the completion). "
+                    f"Please reduce the length of the {what} or completion.",
+                    param="max_tokens" if requested is not None and prompt < kv.capacity else what,
+                    code="context_length_exceeded",
+                )
+            room = min(room, kv.capacity - prompt)
         return requested if requested is not None else min(room, self.settings.default_max_tokens)
 
 

@@ -13,6 +13,9 @@ by the last running row (one copy of that row's used cache).
 The buffers are anonymous memory maps: pages are committed as tokens are written, so a cache as
 long as the context costs address space, not memory (numpy's allocator would advise huge pages and
 commit whole buffers), and it never has to grow (a reallocation stalls for seconds on big models).
+When a sequence leaves, the pages beyond what each row still holds go back to the kernel, so the
+memory used follows the running sequences' lengths (kv_budget.py bounds their sum).
+
 """
 
 from __future__ import annotations
@@ -34,15 +37,24 @@ if TYPE_CHECKING:
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
-def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 zeros whose pages are committed only when written."""
-    count = int(np.prod(shape))
-    # No swap reservation: one layer's buffer for a long context and many rows can exceed the
-    # machine's memory, which the kernel's overcommit heuristic refuses, though only written pages
-    # are ever used.
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
-    memory = mmap.mmap(-1, max(count * 4, 1), flags=flags)
-    return np.frombuffer(memory, dtype=np.float32, count=count).reshape(shape)
+class LazyBuffer:
+    """float32 zeros whose pages are committed only when written, and can be given back."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        count = int(np.prod(shape))
+        # No swap reservation: one layer's buffer for a long context and many rows can exceed the
+        # machine's memory, which the kernel's overcommit heuristic refuses, though only written
+        # pages are ever used.
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        self._memory = mmap.mmap(-1, max(count * 4, 1), flags=flags)
+        self.array = np.frombuffer(self._memory, dtype=np.float32, count=count).reshape(shape)
+
+    def forget(self, start: int, end: int) -> None:
+        """Give back the whole pages within bytes [start, end): they read as zeros again."""
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._memory.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def cpu_session(config: ModelConfig, threads: int) -> ort.InferenceSession:
@@ -67,8 +79,9 @@ class SlotDecoder:
     def __init__(self, session: ort.InferenceSession, config: ModelConfig, rows: int) -> None:
         self.session, self.config, self.rows = session, config, rows
         shape = (rows, config.kv_heads, config.context_length, config.head_size)
-        self._keys = [lazy_zeros(shape) for _ in range(config.layers)]
-        self._values = [lazy_zeros(shape) for _ in range(config.layers)]
+        self._buffers = [LazyBuffer(shape) for _ in range(2 * config.layers)]
+        self._keys = [b.array for b in self._buffers[: config.layers]]
+        self._values = [b.array for b in self._buffers[config.layers :]]
         self._lengths = np.zeros(rows, np.int64)  # tokens in the cache, per row
         self._logits = np.zeros((rows, 1, config.vocab_size), np.float32)
         self._order: list[Any] = []  # the running sequences, by row
@@ -172,22 +185,43 @@ class SlotDecoder:
         self._lengths[target] = used
         self._lengths[source] = 0
 
+    def _trim(self, row: int) -> None:
+        """Give back the row's pages beyond the tokens it holds (each kv head's segment)."""
+        c = self.config
+        token_bytes = c.head_size * 4
+        segment = c.context_length * token_bytes
+        used = int(self._lengths[row]) * token_bytes
+        for buffer in self._buffers:
+            row_start = row * buffer.array.strides[0]
+            for head in range(c.kv_heads):
+                start = row_start + head * segment
+                buffer.forget(start + used, start + segment)
+
     def release(self, sequence: Any) -> None:
         """Free a sequence's row at once. The last running row moves into it, and a prefilling row
         moves down behind the running ones, so rows stay contiguous."""
         if sequence is self.prefilling:
             self.prefilling = None
+            self._lengths[len(self._order)] = 0
+            self._trim(len(self._order))
             return
         row = self._order.index(sequence)
         last = len(self._order) - 1
         if row != last:
             self._move(last, row)
             self._order[row] = self._order[last]
+        else:
+            self._lengths[row] = 0
         self._order.pop()
         if self.prefilling is not None:
             self._move(last + 1, last)
+        for changed in {row, last, last + 1}:
+            if changed < self.rows:
+                self._trim(changed)
 
     def clear(self) -> None:
         self._order.clear()
         self.prefilling = None
         self._lengths[:] = 0
+        for row in range(self.rows):
+            self._trim(row)

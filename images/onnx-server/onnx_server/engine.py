@@ -3,7 +3,8 @@ level scheduling), so no request waits for another to finish.
 
 Each iteration of its loop:
 1. admits the oldest waiting request into a free KV-cache row (decoder.py; at most `max_batch`
-   rows), where it prefills alone;
+   rows) once its worst case (prompt + max_tokens) fits the cache's token budget (kv_budget.py),
+   where it prefills alone;
 2. spends at most the prefill budget on that prompt, in chunks: about two decode steps' time by
    default, at least 20 ms (`prefill_budget_ms` sets it), so a long prompt delays each running
    stream's next token by about that instead of its whole prefill; with nothing running, the
@@ -36,6 +37,7 @@ from onnx_server.cpus import available_cpus
 from onnx_server.decoder import SlotDecoder, cpu_session
 from onnx_server.guided_decoding import GrammarError, Guide, grammar_tokenizer
 from onnx_server.jobs import Event, Job, NotReady, Outbox, Overloaded, frames
+from onnx_server.kv_budget import GIB, KvBudget, bytes_per_token, default_capacity_bytes, memory_limit, resident_bytes
 from onnx_server.metrics import Metrics
 from onnx_server.model_config import ModelConfig, read_model_config
 from onnx_server.sampling import MIN_TEMPERATURE, Sampling, TokenChooser
@@ -80,6 +82,7 @@ class Engine:
         threads: int,
         prefill_budget_ms: float = 0.0,
         max_prefill_chunk: int = 512,
+        kv_cache_gib: float = 0.0,
     ) -> None:
         self.model_dir = model_dir
         self.metrics = metrics
@@ -88,6 +91,9 @@ class Engine:
         self.batch_wait = batch_wait_ms / 1000  # static batches only
         self.prefill_budget = prefill_budget_ms / 1000  # 0: two decode steps' time
         self.max_prefill_chunk = max(MIN_CHUNK, max_prefill_chunk)
+        self.kv_cache_gib = kv_cache_gib  # 0: what the memory limit leaves after loading
+        self.kv: KvBudget | None = None  # the CPU decoder's; onnxruntime-genai sizes its own
+        self._held: Job | None = None  # the oldest waiting job, until its reservation fits
         self.threads = threads or available_cpus()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -135,6 +141,7 @@ class Engine:
         self._encoder.load(self.tokenizer)
         if not config.uses_cuda:
             self._decoder = SlotDecoder(cpu_session(config, self.threads), config, self.max_batch)
+            self.kv = self._kv_budget(config)
             self._grammar_tokenizer = grammar_tokenizer(
                 self.model_dir / "tokenizer.json", config.vocab_size, config.eos_ids
             )
@@ -146,6 +153,24 @@ class Engine:
                 "scheduling": "static" if config.uses_cuda else "iteration",
             },
         )
+
+    def _kv_budget(self, config: ModelConfig) -> KvBudget:
+        per_token = bytes_per_token(config.layers, config.kv_heads, config.head_size)
+        if self.kv_cache_gib:
+            capacity = int(self.kv_cache_gib * GIB)
+        else:  # measured after the weights are loaded
+            capacity = default_capacity_bytes(memory_limit(), resident_bytes())
+        tokens = capacity // per_token
+        if tokens < 2:
+            raise RuntimeError(
+                f"no memory is left for the KV cache ({capacity} bytes; a token needs {per_token}): "
+                "raise the memory limit or set --kv-cache-gib"
+            )
+        log.info(
+            "kv cache budget",
+            extra={"tokens": tokens, "gib": round(tokens * per_token / GIB, 2), "bytes_per_token": per_token},
+        )
+        return KvBudget(tokens, per_token)
 
     # --- request side (event loop threads) --------------------------------------------------
 
@@ -187,6 +212,11 @@ class Engine:
         while not self._stop.is_set():
             self._iterate(self._decoder)
 
+    def _count_waiting(self, change: int) -> None:
+        with self._admission:
+            self._waiting += change
+            self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
+
     def take(self, timeout: float) -> Job | None:
         """The oldest waiting job (None when none came within `timeout`); it no longer counts as
         waiting. A job cancelled while it waited is finished here."""
@@ -195,9 +225,7 @@ class Engine:
                 job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 return None
-            with self._admission:
-                self._waiting -= 1
-                self.metrics.waiting.labels(self.metrics.model).set(self._waiting)
+            self._count_waiting(-1)
             if not job.cancelled.is_set():
                 return job
             self.finish(job, "cancelled")
@@ -279,18 +307,70 @@ class Engine:
             self.outbox.flush()
             running = len(decoder.running) + (decoder.prefilling is not None)
             self.metrics.running.labels(self.metrics.model).set(running)
+            if self.kv is not None:
+                self.metrics.kv_usage.labels(self.metrics.model).set(self.kv.usage)
+
+    def _next_job(self, idle: bool) -> Job | None:
+        """The job held for the cache's room, else the oldest waiting one."""
+        held = self._held
+        if held is None:
+            return self.take(0.1 if idle else 0)
+        if held.cancelled.is_set():
+            self._held = None
+            self._count_waiting(-1)
+            self.finish(held, "cancelled")
+            return self.take(0)
+        return held
+
+    def _reserve(self, job: Job) -> bool:
+        """Reserve the job's worst case in the KV cache, or hold it (first in line, still counted
+        as waiting) until the running sequences leave it room."""
+        assert self.kv is not None
+        tokens = len(job.prompt_ids) + job.max_tokens
+        if tokens > self.kv.capacity:  # the request side refuses these; never hold one forever
+            if self._held is job:
+                self._held = None
+                self._count_waiting(-1)
+            job.finished = "error"
+            message = f"the request needs {tokens} tokens of KV cache; this server holds {self.kv.capacity}"
+            self.outbox.put(job, Event("error", text=message, status=400, code="context_length_exceeded"))
+            return False
+        if not self.kv.fits(tokens):
+            if self._held is not job:
+                self._held = job
+                self._count_waiting(1)
+            return False
+        if self._held is job:
+            self._held = None
+            self._count_waiting(-1)
+        self.kv.reserve(tokens)
+        job.reserved = tokens
+        return True
+
+    def _free(self, decoder: SlotDecoder, job: Job) -> None:
+        """A sequence leaves: its row and its reservation."""
+        decoder.release(job)
+        if self.kv is not None:
+            self.kv.release(job.reserved)
+        job.reserved = 0
 
     def _admit(self, decoder: SlotDecoder) -> None:
         while decoder.prefilling is None and decoder.free_rows:
-            idle = not decoder.running
-            job = self.take(0.1 if idle else 0)
+            job = self._next_job(idle=not decoder.running)
             if job is None:
+                return
+            if not self._reserve(job):
+                if job.finished:
+                    continue
                 return
             try:
                 job.chooser = TokenChooser(job.sampling, self.vocab_size)
                 if job.sampling.guidance is not None:
                     job.guide = Guide(self._grammar_tokenizer, job.sampling.guidance)
             except GrammarError as error:  # a schema llguidance rejects is the client's to fix
+                assert self.kv is not None
+                self.kv.release(job.reserved)
+                job.reserved = 0
                 job.finished = "error"
                 message = f"response_format could not be applied (with the tools' parameter schemas): {error}"
                 self.outbox.put(job, Event("error", text=message, status=400, code="invalid_response_format"))
@@ -314,7 +394,7 @@ class Engine:
 
     def _prefill(self, decoder: SlotDecoder, job: Job) -> None:
         if job.cancelled.is_set():
-            decoder.release(job)
+            self._free(decoder, job)
             self.finish(job, "cancelled")
             return
         # With nothing running no stream waits: the whole prompt, in the largest chunks.
@@ -336,7 +416,7 @@ class Engine:
                     return
         except Exception as error:  # one failed prompt must not stop the others
             log.error("prefill failed", extra={"error": type(error).__name__, "frames": frames(error)})
-            decoder.release(job)
+            self._free(decoder, job)
             self.fail(job, error)
             return
         assert logits is not None
@@ -365,12 +445,12 @@ class Engine:
         if not job.finished and decoder.length(job) + 1 >= self.context_length:
             self.finish(job, "length")
         if job.finished:
-            decoder.release(job)
+            self._free(decoder, job)
 
     def _decode(self, decoder: SlotDecoder) -> None:
         for job in decoder.running:
             if job.cancelled.is_set():
-                decoder.release(job)
+                self._free(decoder, job)
                 self.finish(job, "cancelled")
         jobs = decoder.running
         if not jobs:
@@ -385,7 +465,7 @@ class Engine:
         except Exception as error:  # one failed step must not stop the server
             log.error("decoding failed", extra={"error": type(error).__name__, "frames": frames(error)})
             for job in jobs:
-                decoder.release(job)
+                self._free(decoder, job)
                 self.fail(job, error)
             return
         now = time.perf_counter()

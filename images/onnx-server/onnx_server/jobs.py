@@ -58,6 +58,7 @@ class Job:
     stream: Any = None  # the text decoder (tokens.TextStream)
     last_token_at: float = 0.0
     prefilled: int = 0  # prompt tokens already in the KV cache
+    reserved: int = 0  # KV-cache tokens held for its worst case (kv_budget.py)
     next_token: int = 0  # the token the next decode step feeds in
     chooser: Any = None  # sampling.TokenChooser
     guide: Any = None  # guided_decoding.Guide, for guided requests

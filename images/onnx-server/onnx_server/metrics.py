@@ -18,6 +18,12 @@ class Metrics:
         r = self.registry
         self.running = Gauge("vllm:num_requests_running", "Requests being decoded.", labels, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests admitted and waiting.", labels, registry=r)
+        self.kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "Share of the KV cache's tokens reserved by running requests (1 = full).",
+            labels,
+            registry=r,
+        )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Time to first token.", labels, buckets=_LATENCY, registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class Settings:
     batch_wait_ms: float = 10.0  # static batches (CUDA models): how long a new batch waits for more arrivals
     prefill_budget_ms: float = 0.0  # prompt work per step while others stream; 0: two steps, 20 ms at least
     max_prefill_chunk: int = 512  # prompt tokens per prefill run at most
+    kv_cache_gib: float = 0.0  # KV cache for the running requests; 0: what the memory limit leaves
     request_timeout: float = 600.0
     default_max_tokens: int = 1024  # when a request names none (bounded by the context)
     max_body_bytes: int = 1 << 20
@@ -84,6 +86,12 @@ def parse(argv: list[str] | None = None) -> Settings:
         "prompt processing per decode step while other requests stream; 0: two decode steps, at least 20 ms",
     )
     add("max-prefill-chunk", int, d.max_prefill_chunk, "prompt tokens per prefill run at most")
+    add(
+        "kv-cache-gib",
+        float,
+        d.kv_cache_gib,
+        "KV-cache memory for the running requests (CPU models); 0: the memory limit less the model and a headroom",
+    )
     add("request-timeout", float, d.request_timeout, "seconds before a request is abandoned")
     add("default-max-tokens", int, d.default_max_tokens, "max_tokens for requests that set none")
     add("max-body-bytes", int, d.max_body_bytes, "largest request body")
@@ -127,6 +135,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     for flag in ("header_timeout", "body_timeout", "keep_alive_timeout"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be more than 0 seconds")
+    if not (args.kv_cache_gib >= 0 and math.isfinite(args.kv_cache_gib)):
+        parser.error("--kv-cache-gib must be 0 (sized from the memory limit) or more")
     if not args.prefill_budget_ms >= 0:
         parser.error("--prefill-budget-ms must be 0 (two decode steps) or more")
     return Settings(
@@ -141,6 +151,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         max_waiting=args.max_waiting,
         batch_wait_ms=args.batch_wait_ms,
         prefill_budget_ms=args.prefill_budget_ms,
+        kv_cache_gib=args.kv_cache_gib,
         max_prefill_chunk=args.max_prefill_chunk,
         request_timeout=args.request_timeout,
         default_max_tokens=args.default_max_tokens,
