@@ -68,7 +68,8 @@ def cpu_session(config: ModelConfig, threads: int) -> ort.InferenceSession:
     # loop, the tokenizer and (on a small node) its neighbours: with spinning, each of their wake-ups
     # preempts a thread that a whole parallel section waits for. Measured on the large benchmark
     # model, 2 cores, two processes waking every 15 ms for 0.3 ms: a decode step went from 15.3 to
-    # 18.7 ms with spinning, and from 15.5 to 15.2 ms without (the same step alone: equal).
+    # 18.7 ms with spinning, and from 15.5 to 15.2 ms without (the same step alone: about equal).
+    # Under a pod's CPU limit, spinning would also spend the CFS quota on waiting.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(config.decoder_path), options, providers=["CPUExecutionProvider"])
 
