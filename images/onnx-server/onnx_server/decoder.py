@@ -15,7 +15,6 @@ long as the context costs address space, not memory (numpy's allocator would adv
 commit whole buffers), and it never has to grow (a reallocation stalls for seconds on big models).
 When a sequence leaves, the pages beyond what each row still holds go back to the kernel, so the
 memory used follows the running sequences' lengths (kv_budget.py bounds their sum).
-
 """
 
 from __future__ import annotations
