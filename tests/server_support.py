@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from offline.recording import PROJECT_ROOT
 
@@ -61,6 +62,27 @@ class Server:
         kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
         kwargs.setdefault("timeout", 60)
         return httpx.post(self.base + path, **kwargs)
+
+    def samples(self) -> dict[str, float]:
+        """The first sample of each metric name on /metrics (one scrape, prometheus_client's parser)."""
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(self.base + "/metrics").text):
+            for sample in family.samples:
+                found.setdefault(sample.name, sample.value)
+        return found
+
+    def decode_steps(self, at_most: int) -> tuple[float, float]:
+        """(decode steps of at most `at_most` sequences, all decode steps) so far: the
+        onnx_server_batch_size histogram's bucket and count (`at_most` must be a bucket bound)."""
+        bucket = total = None
+        for family in text_string_to_metric_families(httpx.get(self.base + "/metrics").text):
+            for sample in family.samples:
+                if sample.name == "onnx_server_batch_size_bucket" and float(sample.labels["le"]) == at_most:
+                    bucket = sample.value
+                elif sample.name == "onnx_server_batch_size_count":
+                    total = sample.value
+        assert bucket is not None and total is not None, "onnx_server_batch_size has no such bucket"
+        return bucket, total
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:

@@ -99,26 +99,6 @@ def small_cache(endless_model: Path) -> Iterator[Server]:
     running.stop()
 
 
-def _metrics(server: Server) -> dict[str, float]:
-    """Each unlabelled-or-model-labelled sample of /metrics by metric name (one scrape)."""
-    samples: dict[str, float] = {}
-    for line in httpx.get(server.base + "/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            samples.setdefault(line.split("{", 1)[0].split(" ", 1)[0], float(line.split()[-1]))
-    return samples
-
-
-def _batch_steps(server: Server) -> tuple[float, float]:
-    """(decode steps of at most 2 sequences, all decode steps)."""
-    at_most_two = total = 0.0
-    for line in httpx.get(server.base + "/metrics").text.splitlines():
-        if line.startswith("onnx_server_batch_size_bucket") and 'le="2.0"' in line:
-            at_most_two = float(line.split()[-1])
-        elif line.startswith("onnx_server_batch_size_count"):
-            total = float(line.split()[-1])
-    return at_most_two, total
-
-
 def test_requests_wait_until_their_worst_case_fits_the_cache(small_cache: Server) -> None:
     prompts = [f"request {i}: the quick brown fox" for i in range(8)]
     replies: dict[int, httpx.Response] = {}
@@ -134,7 +114,7 @@ def test_requests_wait_until_their_worst_case_fits_the_cache(small_cache: Server
     seen: set[tuple[float, float]] = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(t.is_alive() for t in threads):
-        samples = _metrics(small_cache)
+        samples = small_cache.samples()
         seen.add((samples["vllm:num_requests_running"], samples["vllm:num_requests_waiting"]))
         assert samples["vllm:kv_cache_usage_perc"] <= 1.0
         time.sleep(0.02)
@@ -144,9 +124,9 @@ def test_requests_wait_until_their_worst_case_fits_the_cache(small_cache: Server
     assert all(r.json()["usage"]["completion_tokens"] == MAX_TOKENS for r in replies.values())
     assert max(running for running, _ in seen) <= 2, seen
     assert (2.0, 6.0) in seen, seen
-    at_most_two, total = _batch_steps(small_cache)
+    at_most_two, total = small_cache.decode_steps(2)
     assert total > 0 and at_most_two == total, (at_most_two, total)
-    assert _metrics(small_cache)["vllm:kv_cache_usage_perc"] == 0.0
+    assert small_cache.samples()["vllm:kv_cache_usage_perc"] == 0.0
 
 
 def test_a_request_larger_than_the_cache_is_refused_and_the_server_keeps_serving(small_cache: Server) -> None:

@@ -204,7 +204,7 @@ def test_batched_requests_give_the_tokens_each_gives_alone(server: Server) -> No
     ]
     expected = [alone(server, body) for body in bodies]
     guided_expected = [_chat(server, body) for body in GUIDED]
-    before = _batch_steps(server)
+    before = server.decode_steps(1)
     rng = random.Random(3)  # noqa: S311 (reproducible arrivals, not secrets)
     streams = []
     guided: list[str] = [""] * len(GUIDED)
@@ -227,7 +227,7 @@ def test_batched_requests_give_the_tokens_each_gives_alone(server: Server) -> No
     assert guided == guided_expected
     for content in guided:
         assert set(json.loads(content)) == {"name", "count"}
-    after = _batch_steps(server)
+    after = server.decode_steps(1)
     # Seeded requests shared decode steps with others (a static batch runs each seeded one alone).
     assert after[1] - before[1] > after[0] - before[0], "no decode step ran more than one sequence"
 
@@ -236,18 +236,6 @@ def _chat(server: Server, body: dict[str, Any]) -> str:
     reply = server.post("/v1/chat/completions", json={"model": MODEL, **body}, timeout=300)
     assert reply.status_code == 200, reply.text
     return reply.json()["choices"][0]["message"]["content"]
-
-
-def _batch_steps(server: Server) -> tuple[float, float]:
-    """(decode steps of one sequence, all decode steps) so far, from /metrics."""
-    text = httpx.get(server.base + "/metrics").text
-    single = total = 0.0
-    for line in text.splitlines():
-        if line.startswith("onnx_server_batch_size_bucket") and 'le="1.0"' in line:
-            single = float(line.split()[-1])
-        elif line.startswith("onnx_server_batch_size_count"):
-            total = float(line.split()[-1])
-    return single, total
 
 
 def test_a_long_prompt_does_not_stall_a_running_stream(server: Server) -> None:
