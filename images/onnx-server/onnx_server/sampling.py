@@ -40,35 +40,72 @@ class TokenChooser:
     def choose(self, logits: np.ndarray) -> int:
         if self.sampling.greedy:
             return int(np.argmax(logits))
-        scaled = logits.astype(np.float64) / self.sampling.temperature
-        # argpartition is linear; a full sort of a 200k vocabulary per row and step is not.
-        top_k = self.top_k
-        candidates = np.argpartition(-scaled, top_k - 1)[:top_k] if top_k else np.arange(len(scaled))
-        weights = np.exp(scaled[candidates] - scaled[candidates].max())  # masked tokens (-inf) weigh 0
-        probabilities = weights / weights.sum()
-        top_p = self.sampling.top_p
-        if top_p < 1.0:
-            # The nucleus: the likeliest tokens whose probability reaches top_p (at least one).
-            kept, cumulative = _likeliest(candidates, probabilities, top_p)
-            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, len(kept))
-            kept, cumulative = kept[:keep], cumulative[:keep]
-            draw = self.random.random() * cumulative[-1]
+        # float32 throughout, sums in float64: on a 200k vocabulary float64 made exp and the
+        # partition several times slower, and sampling runs for every row at every step.
+        scaled = np.asarray(logits, np.float32) / np.float32(self.sampling.temperature)
+        candidates = None
+        if self.top_k:  # argpartition is linear; sorting the vocabulary is not
+            candidates = np.argpartition(-scaled, self.top_k - 1)[: self.top_k]
+            scaled = scaled[candidates]
+        weights = np.exp(scaled - scaled.max())  # the likeliest weighs 1, masked tokens (-inf) 0
+        draw = self.random.random()
+        if self.sampling.top_p < 1.0:
+            nucleus, cumulative = _nucleus(weights, self.sampling.top_p)
+            index = int(nucleus[_passing(cumulative, draw * cumulative[-1])])
         else:
-            draw = self.random.random()
-            kept, cumulative = _likeliest(candidates, probabilities, draw)
-        # Inverse CDF over the tokens from the likeliest down.
-        return int(kept[min(int(np.searchsorted(cumulative, draw, side="right")), len(kept) - 1)])
+            index = _inverse_cdf(weights, draw)
+        return int(candidates[index]) if candidates is not None else index
 
 
-def _likeliest(candidates: np.ndarray, probabilities: np.ndarray, mass: float) -> tuple[np.ndarray, np.ndarray]:
-    """The likeliest candidates, most likely first, until their probability passes `mass` (or all
-    of them), with their cumulative probability. Only that head is sorted: it is usually a few
-    tokens of a large vocabulary."""
-    head = min(64, len(candidates))
-    while True:
-        top = np.argpartition(-probabilities, head - 1)[:head] if head < len(candidates) else np.arange(head)
-        top = top[np.argsort(-probabilities[top], kind="stable")]
-        cumulative = np.cumsum(probabilities[top])
-        if cumulative[-1] > mass or head == len(candidates):
-            return candidates[top], cumulative
-        head = min(head * 4, len(candidates))
+# The nucleus search's thresholds, as weights relative to the likeliest token's: each is one linear
+# pass over the vocabulary; below the last, every token with any weight is a candidate.
+NUCLEUS_THRESHOLDS = tuple(4.0**-k for k in range(1, 17))
+BLOCK = 1024  # tokens per partial sum of the inverse CDF
+
+
+def _nucleus(weights: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The nucleus: the fewest likeliest tokens whose probability reaches `top_p` (at least one),
+    with their cumulative weight. Thresholds fall until the tokens above one reach `top_p`; those
+    above the one before are in the nucleus whatever their order, so only the band between the two
+    is sorted (on a peaked distribution over a large vocabulary, a few tokens)."""
+    target = top_p * float(weights.sum(dtype=np.float64))
+    sure = np.empty(0, np.intp)
+    upper = np.inf
+    for threshold in NUCLEUS_THRESHOLDS:
+        above = np.flatnonzero(weights >= threshold)
+        if float(weights[above].sum(dtype=np.float64)) >= target:
+            band = above[weights[above] < upper]
+            break
+        sure, upper = above, threshold
+    else:
+        band = np.flatnonzero((weights < upper) & (weights > 0))
+    band = band[np.argsort(-weights[band], kind="stable")]
+    tokens = np.concatenate([sure, band])
+    cumulative = np.cumsum(weights[tokens], dtype=np.float64)
+    keep = min(int(np.searchsorted(cumulative[len(sure) :], target)) + 1 + len(sure), len(tokens))
+    return tokens[:keep], cumulative[:keep]
+
+
+def _inverse_cdf(weights: np.ndarray, draw: float) -> int:
+    """The token a uniform `draw` in [0, 1) picks, each with probability proportional to its
+    weight. No order is needed for that, so nothing is sorted: partial sums of blocks find the
+    draw's block, and only that block is summed token by token."""
+    full = len(weights) // BLOCK * BLOCK
+    sums = weights[:full].reshape(-1, BLOCK).sum(axis=1, dtype=np.float64)
+    if full < len(weights):
+        sums = np.append(sums, weights[full:].sum(dtype=np.float64))
+    blocks = np.cumsum(sums)
+    target = draw * blocks[-1]
+    block = _passing(blocks, target)
+    start = block * BLOCK
+    inner = np.cumsum(weights[start : start + BLOCK], dtype=np.float64)
+    return start + _passing(inner, target - (blocks[block - 1] if block else 0.0))
+
+
+def _passing(cumulative: np.ndarray, target: float) -> int:
+    """The first index whose cumulative weight passes `target`. A weightless token spans no
+    interval, so it is never the one; if rounding puts `target` at the end, the last with weight."""
+    index = int(np.searchsorted(cumulative, target, side="right"))
+    if index < len(cumulative):
+        return index
+    return int(np.flatnonzero(np.diff(cumulative, prepend=0.0))[-1])
