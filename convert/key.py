@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 # what we convert is what we serve.
 TOOLCHAIN = {"olive-ai": "0.13.0", "onnxruntime-genai": "0.14.1"}
 # Bump when the converter's own behaviour changes the output.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: CPU targets prune the LM head to the last position
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,12 @@ _OLIVE_METADATA = {"footprint.json", "output_footprint.json", "run_history.txt",
 
 
 def _builder_options(target: Target, block_size: int, accuracy_level: int) -> dict[str, str]:
-    if not target.quantized:
-        return {}
-    return {"int4_block_size": str(block_size), "int4_accuracy_level": str(accuracy_level)}
+    options: dict[str, str] = {}
+    if target.quantized:
+        options |= {"int4_block_size": str(block_size), "int4_accuracy_level": str(accuracy_level)}
+    if target.prunes_lm_head:
+        options["prune_lm_head"] = "true"
+    return options
 
 
 def olive_workflow(
@@ -29,6 +32,8 @@ def olive_workflow(
     builder: dict[str, object] = {"type": "ModelBuilder", "precision": target.precision}
     if target.quantized:
         builder |= {"int4_block_size": block_size, "int4_accuracy_level": accuracy_level}
+    if target.prunes_lm_head:
+        builder["extra_options"] = {"prune_lm_head": "true"}
     return {
         "input_model": {"type": "HfModel", "model_path": str(source_dir)},
         "systems": {

@@ -43,6 +43,16 @@ def _prefill_logits(og: Any, model: Any, ids: list[int]) -> np.ndarray:
     return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 
 
+def _prompt_logits(og: Any, model: Any, ids: list[int]) -> np.ndarray:
+    """Logits at every prompt position, [positions, vocab]: one prefill, or, for a decoder whose LM
+    head is pruned to the last position (CPU targets), one prefill per prefix."""
+    logits = _prefill_logits(og, model, ids)
+    if len(logits) == len(ids):
+        return logits
+    prefixes = [_prefill_logits(og, model, ids[:end])[-1] for end in range(1, len(ids))]
+    return np.stack([*prefixes, logits[-1]])
+
+
 def _generate(og: Any, model: Any, tokenizer: Any, prompt: str) -> dict[str, Any]:
     ids = tokenizer.encode(prompt)
     params = og.GeneratorParams(model)
@@ -85,7 +95,7 @@ def verify(model_dir: Path, target: Target, device: str, threads: int, source_di
     agree = total = 0
     max_diff = 0.0
     for ids, expected in zip(prompts_ids, reference, strict=True):
-        actual = _prefill_logits(og, model, ids)
+        actual = _prompt_logits(og, model, ids)
         agree += int((actual.argmax(-1) == expected.argmax(-1)).sum())
         total += len(ids)
         max_diff = max(max_diff, float(np.abs(actual - expected).max()))

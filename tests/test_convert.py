@@ -13,13 +13,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+import torch
+from onnx_server.decoder import SlotDecoder, cpu_session
+from onnx_server.model_config import read_model_config
+from transformers import AutoModelForCausalLM
 
 from convert import errors, manifest, source
 from convert.genai import genai
 from convert.key import TOOLCHAIN
 from convert.pipeline import Request, convert
-from convert.verify import FP32_MAX_LOGIT_DIFF
+from convert.verify import FP32_MAX_LOGIT_DIFF, PROMPTS
 from offline.recording import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -99,6 +105,36 @@ def test_the_result_loads_and_generates(converted: Any) -> None:
         generator.generate_next_token()
         steps += 1
     assert steps > 0
+
+
+@pytest.mark.parametrize("method", ["olive", "builder"])
+def test_cpu_decoders_compute_logits_for_the_last_position_only(converted: Any, method: str) -> None:
+    out = converted(method, "cpu-fp32")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    assert [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim][1] == 1
+    # The converter still compares every prompt position with PyTorch (prefix by prefix).
+    comparison = manifest.read(out)["verification"]["comparison"]  # type: ignore[index]
+    assert comparison["positions"] > len(PROMPTS) and comparison["top1_agreement"] == 1.0
+    assert comparison["max_logit_diff"] <= FP32_MAX_LOGIT_DIFF
+
+
+def test_the_servers_decoder_generates_what_pytorch_does_from_a_pruned_head(converted: Any, tiny_source: Path) -> None:
+    """The ONNX server's decoder on the pruned fp32 model, the prompt prefilled in two chunks, against
+    transformers' greedy generate on the source model."""
+    config = read_model_config(converted("builder", "cpu-fp32"))
+    prompt = [int(t) for t in np.random.default_rng(4).integers(5, config.vocab_size - 5, 40)]
+    decoder = SlotDecoder(cpu_session(config, 1), config, rows=2)
+    decoder.begin("a")
+    decoder.prefill(prompt[:24])
+    tokens = [int(np.argmax(decoder.prefill(prompt[24:])))]
+    decoder.join()
+    while len(tokens) < 12:
+        tokens.append(int(np.argmax(decoder.decode([tokens[-1]])[0])))
+    source: Any = AutoModelForCausalLM.from_pretrained(tiny_source, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = source.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert tokens == expected[0, len(prompt) :].tolist()
 
 
 def test_second_run_is_a_no_op(converted: Any, tiny_source: Path) -> None:
