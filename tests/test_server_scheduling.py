@@ -283,6 +283,44 @@ def test_mixed_lengths_with_random_arrivals_all_complete_correctly(server: Serve
     assert running.finish == "length"
 
 
+def test_a_burst_of_waiting_requests_starts_in_one_iteration(varied_model: Path) -> None:
+    """Requests that have queued up are prefilled one after another in the same iteration while the
+    prefill budget lasts (which grows with the queue), not one per decode step. A KV cache too
+    small for a long request and anything else lines the burst up: four short requests wait for
+    the long one's room and are all admitted when it leaves."""
+    capacity, token_bytes = 1000, 2 * 2 * 2 * 64 * 4  # tokens; the tiny model's cache per token
+    burst = Server(varied_model, "--kv-cache-gib", repr(capacity * token_bytes / (1 << 30)), "--max-batch", "8")
+    try:
+
+        def prompt_tokens(prompt: str) -> int:
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": 1}
+            return int(burst.post("/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"])
+
+        long_prompt = "a long answer"
+        # Its worst case leaves the cache two tokens, less than any other request needs.
+        budget = capacity - prompt_tokens(long_prompt) - 2
+        long = Stream(burst, {"prompt": long_prompt, "max_tokens": budget, "temperature": 0}).start()
+        long.wait_for_chunks(5)
+        steps_before = burst.decode_steps(2)
+        shorts = [Stream(burst, {"prompt": f"short {i}", "max_tokens": 8, "temperature": 0}).start() for i in range(4)]
+        deadline = time.monotonic() + 30
+        while burst.samples()["vllm:num_requests_waiting"] < 4:
+            assert time.monotonic() < deadline and long.thread and long.thread.is_alive(), "the burst never queued"
+            time.sleep(0.005)
+        for stream in [long, *shorts]:
+            stream.join()
+        assert [s.finish for s in shorts] == ["length"] * 4
+        # The long stream decoded alone, then the four together: never two (or three) rows.
+        at_most_two, total = burst.decode_steps(2)
+        at_most_one, _ = burst.decode_steps(1)
+        assert total - steps_before[1] >= 8
+        assert at_most_two == at_most_one, (at_most_two - at_most_one, "steps of two rows")
+        # Each short request's first token comes from its prefill, the other seven from steps of four.
+        assert burst.decode_steps(4)[0] - at_most_two == 7
+    finally:
+        burst.stop()
+
+
 def test_the_engine_is_chosen_by_the_models_execution_provider(varied_model: Path, tmp_path: Path) -> None:
     """A CUDA model keeps onnxruntime-genai's Generator (static_batches.py): genai_config names the
     provider as the model builder writes it (`provider_options: [{"cuda": {...}}]`)."""

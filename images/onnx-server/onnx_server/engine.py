@@ -5,10 +5,11 @@ Each iteration of its loop:
 1. admits the oldest waiting request into a free KV-cache row (decoder.py; at most `max_batch`
    rows) once its worst case (prompt + max_tokens) fits the cache's token budget (kv_budget.py),
    where it prefills alone;
-2. spends at most the prefill budget on that prompt, in chunks: about two decode steps' time by
-   default, at least 20 ms (`prefill_budget_ms` sets it), so a long prompt delays each running
-   stream's next token by about that instead of its whole prefill; with nothing running, the
-   prompt runs at once;
+2. spends at most the prefill budget on that prompt, in chunks, and on the next waiting ones while
+   the budget lasts: about two decode steps' time by default, at least 20 ms, times one plus the
+   requests waiting (at most four times; `prefill_budget_ms` sets a fixed one), so a long prompt
+   delays each running stream's next token by about that instead of its whole prefill, and a burst
+   of arrivals is not served one prompt per decode step; with nothing running, a prompt runs at once;
 3. runs one decode step for every running sequence; a prompt that is done joins from the next step;
 4. emits each sequence's token (stop sequences, tool-call markers, max_tokens, deadline,
    cancellation) and frees a finished sequence's row at once.
@@ -67,6 +68,9 @@ MIN_DEFAULT_BUDGET = 0.02
 # clients loses about 3 points less against a raw static batch, for running streams' inter-token
 # gap growing from two steps to three while a prompt is prefilled.
 PREFILL_STEPS = 2.0
+# With requests waiting, the default budget is (1 + waiting) times that, at most this many times: a
+# running stream's longest pause is then about 2 x 4 decode steps, during a burst.
+QUEUE_SHARE = 4
 SMOOTHING = 0.2  # weight of the newest measurement in the step and per-token cost averages
 
 
@@ -298,9 +302,18 @@ class Engine:
 
     def _iterate(self, decoder: SlotDecoder) -> None:
         try:
-            self._admit(decoder)
-            if decoder.prefilling is not None:
-                self._prefill(decoder, decoder.prefilling)
+            started = time.perf_counter()
+            budget = self._prefill_budget()
+            # Prompts one after another while the budget lasts: a prompt that waits for the next
+            # iteration also waits for its decode step.
+            while True:
+                self._admit(decoder)
+                if decoder.prefilling is None:
+                    break
+                left = budget - (time.perf_counter() - started) if decoder.running else float("inf")
+                self._prefill(decoder, decoder.prefilling, left)
+                if decoder.prefilling is not None or time.perf_counter() - started >= budget:
+                    break
             if decoder.running:
                 self._decode(decoder)
         finally:
@@ -392,15 +405,23 @@ class Engine:
             size = remaining if size < self.max_prefill_chunk else size - 1
         return size
 
-    def _prefill(self, decoder: SlotDecoder, job: Job) -> None:
+    def _prefill_budget(self) -> float:
+        """Seconds of prefill per iteration. The default grows with the queue (up to QUEUE_SHARE
+        times): each waiting prompt also waits for every decode step run before its turn, so a
+        burst of arrivals would otherwise see its last first token after one step per chunk of
+        every prompt ahead of it."""
+        if self.prefill_budget:
+            return self.prefill_budget
+        base = max(PREFILL_STEPS * self._step_seconds, MIN_DEFAULT_BUDGET)
+        return base * min(1 + self._waiting, QUEUE_SHARE)
+
+    def _prefill(self, decoder: SlotDecoder, job: Job, budget: float) -> None:
+        """Prefill `job`'s prompt for at most `budget` seconds (infinite: no stream waits, so the
+        whole prompt in the largest chunks); at least one chunk."""
         if job.cancelled.is_set():
             self._free(decoder, job)
             self.finish(job, "cancelled")
             return
-        # With nothing running no stream waits: the whole prompt, in the largest chunks.
-        budget = self.prefill_budget or max(PREFILL_STEPS * self._step_seconds, MIN_DEFAULT_BUDGET)
-        if not decoder.running:
-            budget = float("inf")
         started = time.perf_counter()
         logits: np.ndarray | None = None
         try:

@@ -83,7 +83,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         "prefill-budget-ms",
         float,
         d.prefill_budget_ms,
-        "prompt processing per decode step while other requests stream; 0: two decode steps, at least 20 ms",
+        "prompt processing per decode step while other requests stream; "
+        "0: two decode steps, at least 20 ms, times 1 + the requests waiting (at most 4)",
     )
     add("max-prefill-chunk", int, d.max_prefill_chunk, "prompt tokens per prefill run at most")
     add(
