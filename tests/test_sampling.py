@@ -5,6 +5,7 @@ sampled at every decode step and must cost far less than the step."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import cast
@@ -61,7 +62,7 @@ def test_each_token_is_drawn_as_often_as_transformers_weighs_it(sampling: Sampli
     logits = (np.random.default_rng(1).standard_normal(40) * 2).astype(np.float32)
     logits[[3, 17, 31]] = -np.inf  # masked by a grammar
     expected = reference(logits, sampling)
-    drawn = draws(logits, Sampling(**{**sampling.__dict__, "seed": 5}), 20000)
+    drawn = draws(logits, dataclasses.replace(sampling, seed=5), 20000)
     assert_matches(drawn, expected, [np.asarray([token]) for token in range(len(logits))])
 
 
@@ -90,7 +91,7 @@ def peaked_vocabulary() -> tuple[np.ndarray, np.ndarray]:
 def test_a_real_sized_vocabulary_is_sampled_as_transformers_weighs_it(sampling: Sampling) -> None:
     logits, likely = peaked_vocabulary()
     expected = reference(logits, sampling)
-    drawn = draws(logits, Sampling(**{**sampling.__dict__, "seed": 9}), 4000)
+    drawn = draws(logits, dataclasses.replace(sampling, seed=9), 4000)
     tail = np.setdiff1d(np.arange(PHI4_VOCAB), likely)
     assert_matches(drawn, expected, [*(np.asarray([token]) for token in likely), tail])
 
