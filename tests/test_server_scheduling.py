@@ -285,10 +285,10 @@ def test_mixed_lengths_with_random_arrivals_all_complete_correctly(server: Serve
 
 def test_a_burst_of_waiting_requests_starts_in_one_iteration(varied_model: Path) -> None:
     """Requests that have queued up are prefilled one after another in the same iteration while the
-    prefill budget lasts (which grows with the queue), not one per decode step. A KV cache too
-    small for a long request and anything else lines the burst up: four short requests wait for
-    the long one's room and are all admitted when it leaves."""
-    capacity, token_bytes = 1000, 2 * 2 * 2 * 64 * 4  # tokens; the tiny model's cache per token
+    prefill budget lasts (which grows with the queue), not one per decode step. A long stream that
+    has filled most of a small KV cache lines the burst up: four requests whose prompts do not fit
+    beside it wait, and are all admitted when it leaves."""
+    capacity, token_bytes = 3000, 2 * 2 * 2 * 64 * 4  # tokens; the tiny model's cache per token
     burst = Server(varied_model, "--kv-cache-gib", repr(capacity * token_bytes / (1 << 30)), "--max-batch", "8")
     try:
 
@@ -297,12 +297,19 @@ def test_a_burst_of_waiting_requests_starts_in_one_iteration(varied_model: Path)
             return int(burst.post("/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"])
 
         long_prompt = "a long answer"
-        # Its worst case leaves the cache two tokens, less than any other request needs.
+        short_prompts = [f"short {i}: " + "the quick brown fox " * 50 for i in range(4)]
+        short_tokens = max(prompt_tokens(prompt) for prompt in short_prompts)
+        assert 4 * (short_tokens + 8) < capacity  # the four fit together
         budget = capacity - prompt_tokens(long_prompt) - 2
         long = Stream(burst, {"prompt": long_prompt, "max_tokens": budget, "temperature": 0}).start()
-        long.wait_for_chunks(5)
+        # Until the long stream holds more than the cache leaves for a short prompt.
+        full = 1 - (short_tokens - 10) / capacity
+        deadline = time.monotonic() + 60
+        while burst.samples()["vllm:kv_cache_usage_perc"] < full:
+            assert time.monotonic() < deadline and long.thread and long.thread.is_alive(), "the cache never filled"
+            time.sleep(0.005)
         steps_before = burst.decode_steps(2)
-        shorts = [Stream(burst, {"prompt": f"short {i}", "max_tokens": 8, "temperature": 0}).start() for i in range(4)]
+        shorts = [Stream(burst, {"prompt": p, "max_tokens": 8, "temperature": 0}).start() for p in short_prompts]
         deadline = time.monotonic() + 30
         while burst.samples()["vllm:num_requests_waiting"] < 4:
             assert time.monotonic() < deadline and long.thread and long.thread.is_alive(), "the burst never queued"
@@ -310,6 +317,7 @@ def test_a_burst_of_waiting_requests_starts_in_one_iteration(varied_model: Path)
         for stream in [long, *shorts]:
             stream.join()
         assert [s.finish for s in shorts] == ["length"] * 4
+        assert burst.samples()["vllm:num_preemptions_total"] == 0
         # The long stream decoded alone, then the four together: never two (or three) rows.
         at_most_two, total = burst.decode_steps(2)
         at_most_one, _ = burst.decode_steps(1)

@@ -3,14 +3,15 @@ level scheduling), so no request waits for another to finish.
 
 Each iteration of its loop:
 1. admits the oldest waiting request into a free KV-cache row (decoder.py; at most `max_batch`
-   rows) once its worst case (prompt + max_tokens) fits the cache's token budget (kv_budget.py),
-   where it prefills alone;
+   rows) once its prompt fits the cache's token budget (kv_budget.py), where it prefills alone;
 2. spends at most the prefill budget on that prompt, in chunks, and on the next waiting ones while
    the budget lasts: about two decode steps' time by default, at least 20 ms, times one plus the
    requests waiting (at most four times; `prefill_budget_ms` sets a fixed one), so a long prompt
    delays each running stream's next token by about that instead of its whole prefill, and a burst
    of arrivals is not served one prompt per decode step; with nothing running, a prompt runs at once;
-3. runs one decode step for every running sequence; a prompt that is done joins from the next step;
+3. runs one decode step for every running sequence; a prompt that is done joins from the next step.
+   Each step's new tokens are reserved first: when they do not fit, the newest sequence gives its
+   row back and waits ahead of the queue, to be prefilled again with what it has generated;
 4. emits each sequence's token (stop sequences, tool-call markers, max_tokens, deadline,
    cancellation) and frees a finished sequence's row at once.
 
@@ -24,11 +25,13 @@ chunked prefill have been measured on onnxruntime's CPU GroupQueryAttention only
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,9 @@ PREFILL_STEPS = 2.0
 # With requests waiting, the default budget is (1 + waiting) times that, at most this many times: a
 # running stream's longest pause is then about 2 x 4 decode steps, during a burst.
 QUEUE_SHARE = 4
+# A request is admitted beside running ones when the cache has room for its prompt, their next
+# step and this share of the cache besides (vLLM keeps 1% of its blocks the same way).
+ADMISSION_MARGIN = 0.01
 SMOOTHING = 0.2  # weight of the newest measurement in the step and per-token cost averages
 
 
@@ -97,7 +103,9 @@ class Engine:
         self.max_prefill_chunk = max(MIN_CHUNK, max_prefill_chunk)
         self.kv_cache_gib = kv_cache_gib  # 0: what the memory limit leaves after loading
         self.kv: KvBudget | None = None  # the CPU decoder's; onnxruntime-genai sizes its own
-        self._held: Job | None = None  # the oldest waiting job, until its reservation fits
+        # Jobs ahead of the queue, oldest first: preempted ones, and the oldest waiting one while
+        # the cache has no room for it. They count as waiting.
+        self._front: deque[Job] = deque()
         self.threads = threads or available_cpus()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -324,38 +332,53 @@ class Engine:
                 self.metrics.kv_usage.labels(self.metrics.model).set(self.kv.usage)
 
     def _next_job(self, idle: bool) -> Job | None:
-        """The job held for the cache's room, else the oldest waiting one."""
-        held = self._held
-        if held is None:
-            return self.take(0.1 if idle else 0)
-        if held.cancelled.is_set():
-            self._held = None
+        """The oldest job ahead of the queue (preempted, or held for the cache's room), else the
+        oldest waiting one."""
+        while self._front:
+            job = self._front[0]
+            if not job.cancelled.is_set():
+                return job
+            self._front.popleft()
             self._count_waiting(-1)
-            self.finish(held, "cancelled")
-            return self.take(0)
-        return held
+            self.finish(job, "cancelled")
+        return self.take(0.1 if idle else 0)
 
-    def _reserve(self, job: Job) -> bool:
-        """Reserve the job's worst case in the KV cache, or hold it (first in line, still counted
-        as waiting) until the running sequences leave it room."""
+    def _hold(self, job: Job) -> None:
+        """Put a job ahead of the queue, in arrival order; it counts as waiting again."""
+        if job in self._front:
+            return
+        keys = [held.created for held in self._front]
+        self._front.insert(bisect.bisect(keys, job.created), job)
+        self._count_waiting(1)
+
+    def _unhold(self, job: Job) -> None:
+        if job in self._front:
+            self._front.remove(job)
+            self._count_waiting(-1)
+
+    def _reserve(self, decoder: SlotDecoder, job: Job) -> bool:
+        """Reserve what the job's prefill and first decode step write in the KV cache, or hold it
+        (first in line, still counted as waiting) until there is room. Running sequences grow a
+        token per step and take back the newest one's row when the cache is full (_make_room), so
+        a request waits for room its prompt needs now, not for its worst case."""
         assert self.kv is not None
-        tokens = len(job.prompt_ids) + job.max_tokens
-        if tokens > self.kv.capacity:  # the request side refuses these; never hold one forever
-            if self._held is job:
-                self._held = None
-                self._count_waiting(-1)
+        worst = len(job.prompt_ids) + job.max_tokens
+        if worst > self.kv.capacity:  # the request side refuses these; never hold one forever
+            self._unhold(job)
             job.finished = "error"
-            message = f"the request needs {tokens} tokens of KV cache; this server holds {self.kv.capacity}"
+            message = f"the request needs {worst} tokens of KV cache; this server holds {self.kv.capacity}"
             self.outbox.put(job, Event("error", text=message, status=400, code="context_length_exceeded"))
             return False
-        if not self.kv.fits(tokens):
-            if self._held is not job:
-                self._held = job
-                self._count_waiting(1)
+        # Its prompt; preempted, also the tokens it has sent (the last one is fed in by its next step).
+        tokens = len(job.prompt_ids) + len(job.output_ids)
+        alone = not decoder.running and decoder.prefilling is None
+        # Room for the running rows' next step and a margin besides, so a newcomer is not taken
+        # back (its prefill wasted) a few steps later; alone, every request fits (its worst case).
+        margin = 0 if alone else len(decoder.running) + int(self.kv.capacity * ADMISSION_MARGIN)
+        if not self.kv.fits(tokens + margin):
+            self._hold(job)
             return False
-        if self._held is job:
-            self._held = None
-            self._count_waiting(-1)
+        self._unhold(job)
         self.kv.reserve(tokens)
         job.reserved = tokens
         return True
@@ -372,10 +395,17 @@ class Engine:
             job = self._next_job(idle=not decoder.running)
             if job is None:
                 return
-            if not self._reserve(job):
+            if not self._reserve(decoder, job):
                 if job.finished:
                     continue
                 return
+            # Preempted: its prompt and the tokens it has sent but the last, which the next decode
+            # step feeds in as before. Its sampler, grammar and text stream carry on where they were.
+            job.prefill_ids = job.prompt_ids + job.output_ids[:-1]
+            job.prefilled = 0
+            if job.preemptions:
+                decoder.begin(job)
+                continue
             try:
                 job.chooser = TokenChooser(job.sampling, self.vocab_size)
                 if job.sampling.guidance is not None:
@@ -426,14 +456,15 @@ class Engine:
         logits: np.ndarray | None = None
         try:
             # At least one chunk per iteration, so the prompt progresses whatever the budget.
-            while job.prefilled < len(job.prompt_ids):
-                size = self._chunk(len(job.prompt_ids) - job.prefilled, budget - (time.perf_counter() - started))
+            ids = job.prefill_ids
+            while job.prefilled < len(ids):
+                size = self._chunk(len(ids) - job.prefilled, budget - (time.perf_counter() - started))
                 run_started = time.perf_counter()
-                logits = decoder.prefill(job.prompt_ids[job.prefilled : job.prefilled + size])
+                logits = decoder.prefill(ids[job.prefilled : job.prefilled + size])
                 finished_at = time.perf_counter()
                 self._prefill_token_seconds = _smooth(self._prefill_token_seconds, (finished_at - run_started) / size)
                 job.prefilled += size
-                if job.prefilled < len(job.prompt_ids) and finished_at - started >= budget:
+                if job.prefilled < len(ids) and finished_at - started >= budget:
                     return
         except Exception as error:  # one failed prompt must not stop the others
             log.error("prefill failed", extra={"error": type(error).__name__, "frames": frames(error)})
@@ -442,6 +473,8 @@ class Engine:
             return
         assert logits is not None
         decoder.join()
+        if job.output_ids:  # back after a preemption: its next token was chosen and sent before
+            return
         token = self._choose(job, logits[None, :])
         self.emit(job, token, time.perf_counter())
         self._end_if_finished(decoder, job)
@@ -458,6 +491,7 @@ class Engine:
         else:
             token = job.chooser.choose(logits[0])
         job.next_token = token
+        job.output_ids.append(token)
         return token
 
     def _end_if_finished(self, decoder: SlotDecoder, job: Job) -> None:
@@ -473,6 +507,8 @@ class Engine:
             if job.cancelled.is_set():
                 self._free(decoder, job)
                 self.finish(job, "cancelled")
+        if self.kv is not None:
+            self._make_room(decoder)
         jobs = decoder.running
         if not jobs:
             return
@@ -494,6 +530,34 @@ class Engine:
         for job, token in zip(jobs, tokens, strict=True):
             self.emit(job, token, now)
             self._end_if_finished(decoder, job)
+
+    def _make_room(self, decoder: SlotDecoder) -> None:
+        """Reserve the token each running row writes in this step. When the cache cannot hold them,
+        the newest sequence (by arrival; the prefilling one first) gives its row back and waits
+        ahead of the queue to be prefilled again with what it has generated (vLLM's preemption by
+        recomputation). The oldest always keeps its row: alone, its worst case fits."""
+        assert self.kv is not None
+        while True:
+            growing = [job for job in decoder.running if decoder.length(job) + 1 > job.reserved]
+            if self.kv.fits(len(growing)):
+                break
+            candidates = decoder.running + ([decoder.prefilling] if decoder.prefilling is not None else [])
+            if len(candidates) == 1:  # cannot happen: the request side refuses what could never fit
+                raise RuntimeError("one sequence outgrew the KV cache")
+            self._preempt(decoder, max(candidates, key=lambda job: job.created))
+        self.kv.reserve(len(growing))
+        for job in growing:
+            job.reserved += 1
+
+    def _preempt(self, decoder: SlotDecoder, job: Job) -> None:
+        self._free(decoder, job)
+        job.preemptions += 1
+        self.metrics.preemptions.labels(self.metrics.model).inc()
+        self._hold(job)
+        log.info(
+            "preempted",
+            extra={"tokens": len(job.prompt_ids) + len(job.output_ids), "running": len(decoder.running)},
+        )
 
 
 def _smooth(average: float, sample: float) -> float:

@@ -57,9 +57,12 @@ class Job:
     held: str = ""
     stream: Any = None  # the text decoder (tokens.TextStream)
     last_token_at: float = 0.0
-    prefilled: int = 0  # prompt tokens already in the KV cache
-    reserved: int = 0  # KV-cache tokens held for its worst case (kv_budget.py)
-    next_token: int = 0  # the token the next decode step feeds in
+    prefill_ids: list[int] = field(default_factory=list)  # what its prefill puts in the KV cache
+    prefilled: int = 0  # of prefill_ids, already in the KV cache
+    reserved: int = 0  # KV-cache tokens held for it: its cache after its next decode step (kv_budget.py)
+    output_ids: list[int] = field(default_factory=list)  # every token chosen, in order
+    next_token: int = 0  # the token the next decode step feeds in (the last of output_ids)
+    preemptions: int = 0  # times its row was taken back for older requests' growth
     chooser: Any = None  # sampling.TokenChooser
     guide: Any = None  # guided_decoding.Guide, for guided requests
 

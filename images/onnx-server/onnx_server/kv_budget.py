@@ -2,9 +2,11 @@
 
 The cache is committed as tokens are written (decoder.py), so without a bound the sum of the running
 requests' lengths decides the memory used: 16 rows of a long-context model can ask for more than the
-container may use, and the kernel's OOM killer would end every request at once. Each request
-reserves its worst case (prompt + max_tokens) when it takes a row; the oldest waiting request is
-admitted only when its reservation fits, and a request that could never fit is refused up front.
+container may use, and the kernel's OOM killer would end every request at once. A request reserves
+its prompt when it takes a row and a token per decode step after that (engine.py); the oldest
+waiting request is admitted only when its prompt fits, and when the running requests' next tokens
+do not, the newest gives its row back (preemption) and is prefilled again later. A request whose
+worst case (prompt + max_tokens) could not fit even alone is refused up front.
 
 The default capacity is what the memory limit leaves once the model is loaded: the cgroup's limit
 (the container's) or the machine's memory, minus what the process holds after loading, minus a

@@ -20,7 +20,7 @@ class Metrics:
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests admitted and waiting.", labels, registry=r)
         self.kv_usage = Gauge(
             "vllm:kv_cache_usage_perc",
-            "Share of the KV cache's tokens reserved by running requests (1 = full).",
+            "Share of the KV cache's tokens held by running requests (1 = full).",
             labels,
             registry=r,
         )
@@ -36,6 +36,12 @@ class Metrics:
         )
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds", "End-to-end request latency.", labels, buckets=_LATENCY, registry=r
+        )
+        self.preemptions = Counter(
+            "vllm:num_preemptions",
+            "Sequences whose KV-cache row was taken back for older ones, to be prefilled again.",
+            labels,
+            registry=r,
         )
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", labels, registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated.", labels, registry=r)
@@ -61,6 +67,7 @@ class Metrics:
         self.model = model_name
         for gauge in (self.running, self.waiting):
             gauge.labels(model_name).set(0)
+        self.preemptions.labels(model_name)  # exported as 0 before the first one, for rate()
 
     def for_model(self) -> PerToken:
         return PerToken(
