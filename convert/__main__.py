@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from convert import errors, telemetry
+from convert import errors, interrupt, telemetry
 from convert.targets import DEFAULT_TARGET, TARGETS
 
 
@@ -39,14 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    # Unwind through the pipeline's cleanup: the scratch folder goes, the destination is untouched.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt.install()
     telemetry.disable()
     from convert.pipeline import Request, convert  # noqa: PLC0415 (after telemetry is off)
 

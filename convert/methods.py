@@ -5,11 +5,10 @@ needs no calibration data: offline and reproducible."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from convert import errors
+from convert import errors, interrupt
 from convert.targets import Target
 
 # Olive's own bookkeeping, not part of the model folder.
@@ -92,9 +91,9 @@ def run_builder(
         command += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
     log = work / "builder.log"
     with log.open("w") as sink:
-        # Our own interpreter and module, with arguments built above (no shell).
-        result = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)  # noqa: S603
-    if result.returncode != 0:
+        # Our own interpreter and module, with arguments built above.
+        returncode = interrupt.run_child(command, sink)
+    if returncode != 0:
         last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["no output"]
         raise errors.ConversionError(f"the model builder failed: {last[0][:300]} (log: {log})")
 

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from convert import errors, manifest, source
+from convert import errors, interrupt, manifest, source
 from convert.cpus import available_cpus
 from convert.key import TOOLCHAIN, ConversionSpec
 from convert.methods import METHODS
@@ -201,8 +201,7 @@ def convert(request: Request, log: Log = _stderr) -> Result:
     _check_disk(out, _estimate(src, target))
     threads = request.threads or available_cpus()
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
-    work.mkdir()
-    try:
+    with interrupt.scratch_folder(work):
         model_dir = work / "model"
         # The source is needed to convert, or with --prebuilt only to compare against it.
         needed = src is not None and (not request.prebuilt or request.compare)
@@ -248,8 +247,6 @@ def convert(request: Request, log: Log = _stderr) -> Result:
         if out.exists():
             out.replace(work / "replaced")
         model_dir.replace(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out} (conversion key {key})")
     return Result("converted", key, out, written)
 
