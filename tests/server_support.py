@@ -74,15 +74,20 @@ class Server:
     def decode_steps(self, at_most: int) -> tuple[float, float]:
         """(decode steps of at most `at_most` sequences, all decode steps) so far: the
         onnx_server_batch_size histogram's bucket and count (`at_most` must be a bucket bound)."""
-        bucket = total = None
+        buckets = self.decode_step_buckets()
+        assert at_most in buckets, "onnx_server_batch_size has no such bucket"
+        return buckets[at_most], buckets[float("inf")]
+
+    def decode_step_buckets(self) -> dict[float, float]:
+        """Decode steps of at most N sequences so far, for every bucket bound N of the
+        onnx_server_batch_size histogram (inf: all of them), from one scrape."""
+        buckets: dict[float, float] = {}
         for family in text_string_to_metric_families(httpx.get(self.base + "/metrics").text):
             for sample in family.samples:
-                if sample.name == "onnx_server_batch_size_bucket" and float(sample.labels["le"]) == at_most:
-                    bucket = sample.value
-                elif sample.name == "onnx_server_batch_size_count":
-                    total = sample.value
-        assert bucket is not None and total is not None, "onnx_server_batch_size has no such bucket"
-        return bucket, total
+                if sample.name == "onnx_server_batch_size_bucket":
+                    buckets[float(sample.labels["le"])] = sample.value
+        assert buckets, "onnx_server_batch_size has no buckets"
+        return buckets
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:

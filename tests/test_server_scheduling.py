@@ -285,46 +285,34 @@ def test_mixed_lengths_with_random_arrivals_all_complete_correctly(server: Serve
 
 def test_a_burst_of_waiting_requests_starts_in_one_iteration(varied_model: Path) -> None:
     """Requests that have queued up are prefilled one after another in the same iteration while the
-    prefill budget lasts (which grows with the queue), not one per decode step. A long stream that
-    has filled most of a small KV cache lines the burst up: four requests whose prompts do not fit
-    beside it wait, and are all admitted when it leaves."""
-    capacity, token_bytes = 3000, 2 * 2 * 2 * 64 * 4  # tokens; the tiny model's cache per token
-    burst = Server(varied_model, "--kv-cache-gib", repr(capacity * token_bytes / (1 << 30)), "--max-batch", "8")
+    prefill budget lasts, not one per decode step. A small KV cache lines the burst up: two long
+    requests fill it, the newer one is preempted and waits for the older one's end, and four short
+    requests queue behind it; when the older one leaves, all five start before the next step."""
+    capacity, token_bytes = 2000, 2 * 2 * 2 * 64 * 4  # tokens; the tiny model's cache per token
+    gib = repr(capacity * token_bytes / (1 << 30))
+    burst = Server(varied_model, "--kv-cache-gib", gib, "--max-batch", "8", "--prefill-budget-ms", "5000")
     try:
-
-        def prompt_tokens(prompt: str) -> int:
-            body = {"model": MODEL, "prompt": prompt, "max_tokens": 1}
-            return int(burst.post("/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"])
-
-        long_prompt = "a long answer"
-        short_prompts = [f"short {i}: " + "the quick brown fox " * 50 for i in range(4)]
-        short_tokens = max(prompt_tokens(prompt) for prompt in short_prompts)
-        assert 4 * (short_tokens + 8) < capacity  # the four fit together
-        budget = capacity - prompt_tokens(long_prompt) - 2
-        long = Stream(burst, {"prompt": long_prompt, "max_tokens": budget, "temperature": 0}).start()
-        # Until the long stream holds more than the cache leaves for a short prompt.
-        full = 1 - (short_tokens - 10) / capacity
+        older = Stream(burst, {"prompt": "the older one", "max_tokens": capacity - 20, "temperature": 0}).start()
+        older.wait_for_chunks(1)  # it arrived first
+        newer = Stream(burst, {"prompt": "the newer one", "max_tokens": 1200, "temperature": 0}).start()
         deadline = time.monotonic() + 60
-        while burst.samples()["vllm:kv_cache_usage_perc"] < full:
-            assert time.monotonic() < deadline and long.thread and long.thread.is_alive(), "the cache never filled"
+        while burst.samples()["vllm:num_preemptions_total"] < 1:
+            assert time.monotonic() < deadline and older.thread and older.thread.is_alive(), "nothing was preempted"
             time.sleep(0.005)
-        steps_before = burst.decode_steps(2)
-        shorts = [Stream(burst, {"prompt": p, "max_tokens": 8, "temperature": 0}).start() for p in short_prompts]
+        steps_before = burst.decode_step_buckets()
+        shorts = [Stream(burst, {"prompt": f"short {i}", "max_tokens": 8, "temperature": 0}).start() for i in range(4)]
         deadline = time.monotonic() + 30
-        while burst.samples()["vllm:num_requests_waiting"] < 4:
-            assert time.monotonic() < deadline and long.thread and long.thread.is_alive(), "the burst never queued"
+        while burst.samples()["vllm:num_requests_waiting"] < 5:
+            assert time.monotonic() < deadline and older.thread and older.thread.is_alive(), "the burst never queued"
             time.sleep(0.005)
-        for stream in [long, *shorts]:
+        for stream in [older, newer, *shorts]:
             stream.join()
-        assert [s.finish for s in shorts] == ["length"] * 4
-        assert burst.samples()["vllm:num_preemptions_total"] == 0
-        # The long stream decoded alone, then the four together: never two (or three) rows.
-        at_most_two, total = burst.decode_steps(2)
-        at_most_one, _ = burst.decode_steps(1)
-        assert total - steps_before[1] >= 8
-        assert at_most_two == at_most_one, (at_most_two - at_most_one, "steps of two rows")
-        # Each short request's first token comes from its prefill, the other seven from steps of four.
-        assert burst.decode_steps(4)[0] - at_most_two == 7
+        assert [s.finish for s in [older, newer, *shorts]] == ["length"] * 6
+        steps = {rows: count - steps_before[rows] for rows, count in burst.decode_step_buckets().items()}
+        # The older one decoded alone, then the newer one and the four together: never two to four rows.
+        assert steps[4] == steps[1], (steps[4] - steps[1], "steps of two to four rows")
+        # Each short request's first token comes from its prefill, the other seven from steps of five.
+        assert steps[8] - steps[4] == 7
     finally:
         burst.stop()
 

@@ -100,6 +100,11 @@ class SlotDecoder:
     def length(self, sequence: Any) -> int:
         return int(self._lengths[self._row(sequence)])
 
+    @property
+    def lengths(self) -> list[int]:
+        """The running sequences' lengths, in `running` order."""
+        return self._lengths[: len(self._order)].tolist()
+
     def _row(self, sequence: Any) -> int:
         if sequence is self.prefilling:
             return len(self._order)

@@ -538,10 +538,11 @@ class Engine:
         recomputation). The oldest always keeps its row: alone, its worst case fits."""
         assert self.kv is not None
         while True:
-            growing = [job for job in decoder.running if decoder.length(job) + 1 > job.reserved]
+            running = decoder.running
+            growing = [job for job, length in zip(running, decoder.lengths, strict=True) if length >= job.reserved]
             if self.kv.fits(len(growing)):
                 break
-            candidates = decoder.running + ([decoder.prefilling] if decoder.prefilling is not None else [])
+            candidates = running + ([decoder.prefilling] if decoder.prefilling is not None else [])
             if len(candidates) == 1:  # cannot happen: the request side refuses what could never fit
                 raise RuntimeError("one sequence outgrew the KV cache")
             self._preempt(decoder, max(candidates, key=lambda job: job.created))
