@@ -543,8 +543,11 @@ class Engine:
             if self.kv.fits(len(growing)):
                 break
             candidates = running + ([decoder.prefilling] if decoder.prefilling is not None else [])
-            if len(candidates) == 1:  # cannot happen: the request side refuses what could never fit
-                raise RuntimeError("one sequence outgrew the KV cache")
+            if len(candidates) == 1:  # not expected: alone, a request's worst case fits
+                (job,) = candidates
+                self._free(decoder, job)
+                self.finish(job, "length")
+                continue
             self._preempt(decoder, max(candidates, key=lambda job: job.created))
         self.kv.reserve(len(growing))
         for job in growing:
