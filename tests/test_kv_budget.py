@@ -9,10 +9,12 @@ so a budget of a few hundred tokens fills with a few requests."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -180,6 +182,37 @@ def test_a_full_cache_preempts_the_newest_and_each_resumes_where_it_was(small_ca
     assert max(running for running, _ in seen) > 2, seen  # more ran at once than their worst cases allow
     assert any(waiting > 0 for _, waiting in seen), seen  # a preempted request waits again
     assert small_cache.samples()["vllm:kv_cache_usage_perc"] == 0.0
+
+
+def test_a_preempted_guided_request_keeps_its_grammar_state(small_cache: Server) -> None:
+    """Guided requests preempted mid-answer resume inside their grammar, not at its start: each
+    answer is the one it gives alone, and a valid prefix of the schema's JSON."""
+    client = _client(small_cache)
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 150}
+    response_format: Any = {"type": "json_schema", "json_schema": {"name": "numbers", "schema": schema}}
+
+    def complete(index: int) -> str:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"numbers, please ({index})"}],
+            response_format=response_format,
+            max_tokens=300,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or ""
+
+    alone = [complete(i) for i in range(6)]
+    preempted_before = small_cache.samples()["vllm:num_preemptions_total"]
+    together: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, complete(i))) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert small_cache.samples()["vllm:num_preemptions_total"] > preempted_before
+    assert [together[i] for i in range(6)] == alone
+    for answer in alone:  # cut off by max_tokens, inside the array
+        assert re.fullmatch(r"\s*\[\s*(-?\d+\s*,\s*)*-?\d*\s*", answer), answer[:200]
 
 
 def test_a_request_larger_than_the_cache_is_refused_and_the_server_keeps_serving(small_cache: Server) -> None:
