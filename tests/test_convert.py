@@ -195,7 +195,6 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tiny_source: Path, t
 # test cannot aim at.
 _SWALLOWING_METHOD = """
 import time
-from pathlib import Path
 
 from convert import methods
 

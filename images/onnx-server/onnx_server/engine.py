@@ -490,7 +490,6 @@ class Engine:
             token = argmax
         else:
             token = job.chooser.choose(logits[0])
-        job.next_token = token
         job.output_ids.append(token)
         return token
 

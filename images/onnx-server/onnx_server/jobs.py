@@ -61,10 +61,14 @@ class Job:
     prefilled: int = 0  # of prefill_ids, already in the KV cache
     reserved: int = 0  # KV-cache tokens held for it: its cache after its next decode step (kv_budget.py)
     output_ids: list[int] = field(default_factory=list)  # every token chosen, in order
-    next_token: int = 0  # the token the next decode step feeds in (the last of output_ids)
     preemptions: int = 0  # times its row was taken back for older requests' growth
     chooser: Any = None  # sampling.TokenChooser
     guide: Any = None  # guided_decoding.Guide, for guided requests
+
+    @property
+    def next_token(self) -> int:
+        """The token the next decode step feeds in: the last one chosen."""
+        return self.output_ids[-1]
 
     async def events_until_done(self) -> AsyncIterator[Event]:
         """Events in order; text that piled up while the client was busy comes as one delta."""
