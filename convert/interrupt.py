@@ -27,6 +27,10 @@ from typing import IO, NoReturn
 
 _scratch: list[Path] = []
 _children: list[subprocess.Popen[bytes]] = []
+# While a child is being started it has a process but no Popen to kill it by yet: a signal that
+# arrives then waits here until the child is registered.
+_starting = False
+_deferred: list[int] = []
 
 
 def install() -> None:
@@ -48,15 +52,30 @@ def scratch_folder(path: Path) -> Iterator[Path]:
 
 def run_child(command: Sequence[str], output: IO[str]) -> int:
     """Run a command with its output in `output`; an interruption kills it first."""
-    with subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT) as process:  # noqa: S603 (no shell)
+    global _starting  # noqa: PLW0603 (the signal handler reads it)
+    _starting = True
+    try:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603 (no shell)
         _children.append(process)
+    finally:
+        _starting = False
+        if _deferred:
+            _exit(_deferred[0])
+    with process:
         try:
             return process.wait()
         finally:
             _children.remove(process)
 
 
-def _stop(signum: int, _frame: FrameType | None) -> NoReturn:
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _starting:
+        _deferred.append(signum)
+        return
+    _exit(signum)
+
+
+def _exit(signum: int) -> NoReturn:
     for child in list(_children):
         # Not child.wait(): the interrupted main thread may hold that Popen's wait lock.
         child.kill()

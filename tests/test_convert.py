@@ -238,22 +238,51 @@ def test_sigterm_stops_the_conversion_even_where_an_exception_could_not_unwind(
     assert not out.exists() and not leftovers(out)
 
 
-def test_sigterm_during_the_model_builder_stops_it_too(tiny_source: Path, tmp_path: Path) -> None:
+# Loaded by the conversion's interpreter (sitecustomize): SIGTERM arrives the moment the model
+# builder's process exists, before the converter has its Popen back (a window a test cannot aim at).
+_SIGNAL_AT_SPAWN = """
+import os
+import signal
+import subprocess
+
+
+class SignalledPopen(subprocess.Popen):
+    def __init__(self, command, *args, **kwargs):
+        super().__init__(command, *args, **kwargs)
+        if "onnxruntime_genai.models.builder" in command:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+subprocess.Popen = SignalledPopen
+"""
+
+
+def _builders_running(scratch: Path) -> list[bytes]:
+    cmdlines = (p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
+    return [cmdline for cmdline in cmdlines if str(scratch).encode() in cmdline]
+
+
+@pytest.mark.parametrize("when", ["while it runs", "as it starts"])
+def test_sigterm_during_the_model_builder_stops_it_too(tiny_source: Path, tmp_path: Path, when: str) -> None:
     out = tmp_path / "model"
+    env = dict(os.environ)
+    if when == "as it starts":
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(_SIGNAL_AT_SPAWN)
+        env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(PROJECT_ROOT)])
     command = [sys.executable, "-m", "convert", "--model", str(tiny_source), "--method", "builder", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _scratch_file(out, "builder.log", process)  # the builder's process has started
-    scratch = leftovers(out)[0]
-    process.send_signal(signal.SIGTERM)
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if when == "while it runs":
+        _scratch_file(out, "builder.log", process)  # opened just before the builder's process starts
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert not out.exists() and not leftovers(out)
-    builders = [
-        cmdline
-        for cmdline in (p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
-        if str(scratch).encode() in cmdline
-    ]
-    assert not builders, "the model builder still runs"
+    assert not _builders_running(out.parent / f".{out.name}.partial-{process.pid}"), "the model builder still runs"
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
