@@ -26,10 +26,12 @@ from onnx_server.loadgen import (
     LoadRun,
     Outcome,
     closed_loop,
+    equal_requests,
     poisson_arrivals,
     served_model,
     workload,
 )
+from onnx_server.tokens import load_tokenizer
 
 from tests.server_support import API_KEY, SERVER_PATH, Server
 
@@ -75,6 +77,22 @@ def test_workload_lengths_are_as_documented() -> None:
     for quartile, bound in ((0.25, 32), (0.5, 64), (0.75, 128)):
         assert (budgets < bound).mean() == pytest.approx(quartile, abs=0.03)
     assert len({r.prompt for r in requests}) == len(requests)
+
+
+def test_the_raw_static_batch_gets_prompts_as_long_in_tokens_as_the_workloads(tiny_source: Path) -> None:
+    """The raw baseline's equal requests must cost what the workload's do: prompt tokens are half
+    the compute. Counted with the real tokenizer (the tiny model's, trained like the bench
+    models'), where a prompt's "request {i}:" takes several tokens."""
+    tokenizer = load_tokenizer(tiny_source)
+    requests = workload(128, seed=0)
+    equal = equal_requests(requests, 128, seed=0)
+
+    def mean_tokens(batch: list[BenchRequest]) -> float:
+        return float(np.mean([len(tokenizer.encode(r.prompt).ids) for r in batch]))
+
+    assert mean_tokens(equal) == pytest.approx(mean_tokens(requests), rel=0.02)
+    assert {r.max_tokens for r in equal} == {round(np.mean([r.max_tokens for r in requests]))}
+    assert len({r.prompt for r in equal}) == len(equal)
 
 
 def test_percentiles_interpolate_between_ranks() -> None:

@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,9 +175,7 @@ def realistic(
     asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
     _progress(f"{len(requests)} requests one at a time, raw engine and server (1 client) in turn")
     raw_single, one_client = asyncio.run(_in_turn(raw, base, model, key, requests))
-    words = round(statistics.mean(len(r.prompt.split()) for r in requests))
-    budget = round(statistics.mean(r.max_tokens for r in requests))
-    equal = equal_requests(clients * math.ceil(len(requests) / clients), words, budget, seed)
+    equal = equal_requests(requests, clients * math.ceil(len(requests) / clients), seed)
     _progress(f"raw engine: static batches of {clients}")
     raw_batch = summarize(raw.static_batches(equal, clients))
     del raw  # its weights, before the server works

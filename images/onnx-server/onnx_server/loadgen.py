@@ -28,6 +28,8 @@ WORDS = (
     "tokens", "per", "second", "latency", "gpu", "cpu", "memory", "cache", "json", "tool", "call",
 )
 # fmt: on
+# Every prompt starts with its number, so no two prompts are alike.
+PROMPT_PREFIX = "request {}: "
 RESET = "connection reset"
 CLOSED = "connection closed mid-response"
 
@@ -77,15 +79,24 @@ def workload(
     lengths = rng.integers(prompt_words[0], prompt_words[1], count, endpoint=True)
     budgets = log_uniform(rng, *max_tokens, count)
     return [
-        BenchRequest(f"request {i}: " + " ".join(rng.choice(WORDS, int(length))), budget)
+        BenchRequest(_prompt(i, rng, int(length)), budget)
         for i, (length, budget) in enumerate(zip(lengths, budgets, strict=True))
     ]
 
 
-def equal_requests(count: int, words: int, max_tokens: int, seed: int = 0) -> list[BenchRequest]:
-    """`count` different prompts of `words` words each, all with the same max_tokens."""
+def equal_requests(requests: Sequence[BenchRequest], count: int, seed: int = 0) -> list[BenchRequest]:
+    """`count` requests of one size: the mean prompt and the mean max_tokens of `requests` (a
+    workload). The prompts start as the workload's do, so they are as long in tokens, not only in
+    words: the prefix's numbers take several tokens each."""
+    prefix = len(PROMPT_PREFIX.format(0).split())
+    words = round(sum(len(r.prompt.split()) - prefix for r in requests) / len(requests))
+    budget = round(sum(r.max_tokens for r in requests) / len(requests))
     rng = np.random.default_rng(seed)
-    return [BenchRequest(" ".join(rng.choice(WORDS, words)), max_tokens) for _ in range(count)]
+    return [BenchRequest(_prompt(i, rng, words), budget) for i in range(count)]
+
+
+def _prompt(index: int, rng: np.random.Generator, words: int) -> str:
+    return PROMPT_PREFIX.format(index) + " ".join(rng.choice(WORDS, words))
 
 
 def poisson_arrivals(rate: float, count: int, seed: int = 0) -> list[float]:
