@@ -73,6 +73,7 @@ class Service:
             max_waiting=settings.max_waiting,
             batch_wait_ms=settings.batch_wait_ms,
             threads=settings.threads,
+            spinning=settings.spinning,
             prefill_budget_ms=settings.prefill_budget_ms,
             kv_cache_gib=settings.kv_cache_gib,
             max_prefill_chunk=settings.max_prefill_chunk,

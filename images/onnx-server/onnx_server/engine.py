@@ -90,6 +90,7 @@ class Engine:
         max_waiting: int,
         batch_wait_ms: float,
         threads: int,
+        spinning: bool = True,
         prefill_budget_ms: float = 0.0,
         max_prefill_chunk: int = 512,
         kv_cache_gib: float = 0.0,
@@ -107,6 +108,7 @@ class Engine:
         # the cache has no room for it. They count as waiting.
         self._front: deque[Job] = deque()
         self.threads = threads or available_cpus()
+        self.spinning = spinning  # the CPU decoder's intra-op threads (decoder.cpu_session)
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.context_length = 0
@@ -152,19 +154,17 @@ class Engine:
         self._special_ids = {token_id: text for text, token_id in special_tokens(self.model_dir).items()}
         self._encoder.load(self.tokenizer)
         if not config.uses_cuda:
-            self._decoder = SlotDecoder(cpu_session(config, self.threads), config, self.max_batch)
+            self._decoder = SlotDecoder(cpu_session(config, self.threads, self.spinning), config, self.max_batch)
             self.kv = self._kv_budget(config)
             self._grammar_tokenizer = grammar_tokenizer(
                 self.model_dir / "tokenizer.json", config.vocab_size, config.eos_ids
             )
-        log.info(
-            "model loaded",
-            extra={
-                "model": str(self.model_dir),
-                "threads": self.threads,
-                "scheduling": "static" if config.uses_cuda else "iteration",
-            },
-        )
+        loaded: dict[str, object] = {"model": str(self.model_dir), "threads": self.threads}
+        if config.uses_cuda:
+            loaded["scheduling"] = "static"
+        else:  # onnxruntime-genai configures its own session's threads
+            loaded |= {"scheduling": "iteration", "spinning": self.spinning}
+        log.info("model loaded", extra=loaded)
 
     def _kv_budget(self, config: ModelConfig) -> KvBudget:
         per_token = bytes_per_token(config.layers, config.kv_heads, config.head_size)

@@ -30,6 +30,7 @@ class Settings:
     default_max_tokens: int = 1024  # when a request names none (bounded by the context)
     max_body_bytes: int = 1 << 20
     threads: int = 0  # 0: the CPUs this process may use
+    spinning: bool = True  # idle intra-op threads spin between operators (False: they sleep)
     log_prompts: bool = False
     graceful_shutdown_seconds: float = 30.0
     header_timeout: float = 10.0  # a connection's request line and headers must arrive within this
@@ -113,6 +114,12 @@ def parse(argv: list[str] | None = None) -> Settings:
         help="serve without API keys (refused otherwise)",
     )
     parser.add_argument(
+        "--no-spinning",
+        action="store_true",
+        default=(_env("no-spinning") or "").lower() in {"1", "true", "yes"},
+        help="idle intra-op threads sleep instead of spinning: for nodes whose other busy processes share the cores",
+    )
+    parser.add_argument(
         "--log-prompts",
         action="store_true",
         default=(_env("log-prompts") or "").lower() in {"1", "true", "yes"},
@@ -158,6 +165,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
+        spinning=not args.no_spinning,
         log_prompts=args.log_prompts,
         graceful_shutdown_seconds=args.graceful_shutdown_seconds,
         header_timeout=args.header_timeout,
