@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import os
 import random
 import re
 import shutil
@@ -27,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-from tests.server_support import Server
+from tests.server_support import API_KEY, SERVER_PATH, Server
 
 MODEL = "phi3-vary-int4"
 WEIGHT_SCALE = 6.0  # makes greedy output vary from token to token
@@ -174,6 +176,44 @@ def test_a_request_arriving_mid_stream_starts_without_waiting_for_it(server: Ser
     assert newcomer.text == quiet.text
     running.join()
     assert running.finish == "length"
+
+
+# Loaded by the server's interpreter (sitecustomize): every decode step takes 0.4 s longer, standing
+# in for a large model's step over many rows (the tiny model's takes about a millisecond).
+_SLOW_DECODE = """
+import time
+import onnx_server.decoder as decoder
+_decode = decoder.SlotDecoder.decode
+def decode(self, tokens):
+    time.sleep(0.4)
+    return _decode(self, tokens)
+decoder.SlotDecoder.decode = decode
+"""
+
+
+def test_the_first_token_is_sent_before_the_next_decode_step(varied_model: Path, tmp_path: Path) -> None:
+    """The prompt's prefill chooses the first token; it must reach the client then, not after the
+    decode step that follows in the same iteration (every request's TTFT would grow by one step)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SLOW_DECODE)
+    server = Server(varied_model, env={"PYTHONPATH": os.pathsep.join([str(hooks), str(SERVER_PATH)])})
+    try:
+        client = openai.OpenAI(base_url=server.base + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+        # A prompt whose every token has text of its own (a partial UTF-8 byte would be held).
+        request = {"model": MODEL, "prompt": "tokens per second", "max_tokens": 4, "temperature": 0}
+        client.completions.create(**request)  # first-run costs (allocations) are not measured
+        sent = time.perf_counter()
+        arrivals = [
+            time.perf_counter() - sent
+            for chunk in client.completions.create(**request, stream=True)
+            if chunk.choices and chunk.choices[0].text
+        ]
+    finally:
+        server.stop()
+    assert len(arrivals) >= 3, arrivals
+    assert arrivals[0] < 0.3, arrivals  # alone, the prompt is prefilled at once: no decode step before it
+    assert arrivals[1] - arrivals[0] > 0.35, arrivals  # the next tokens do wait for their steps
 
 
 def test_a_finished_sequence_frees_its_row_at_once(varied_model: Path) -> None:
