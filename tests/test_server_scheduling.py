@@ -393,6 +393,28 @@ def test_idle_intra_op_threads_spin_unless_told_to_sleep(varied_model: Path, fla
     assert options.intra_op_num_threads == 2
 
 
+@pytest.mark.parametrize("per_token_ms", [0.5, 4.0])
+def test_no_prefill_run_is_shorter_than_the_smallest_chunk(varied_model: Path, per_token_ms: float) -> None:
+    """Every prefill run pays a fixed cost (the large model's: about 17 ms, four tokens' worth), so
+    a prompt is cut into runs of at least the smallest chunk, however the budget falls; only a
+    prompt shorter than that runs whole. The runs add up to the prompt and respect the largest chunk."""
+    from onnx_server import engine as engine_module
+    from onnx_server.metrics import Metrics
+
+    engine = engine_module.Engine(
+        varied_model, Metrics(MODEL), max_batch=4, max_waiting=8, batch_wait_ms=10, threads=1, max_prefill_chunk=64
+    )
+    engine._prefill_token_seconds = per_token_ms / 1000  # what recent runs measured
+    smallest = engine_module.MIN_CHUNK
+    for length in range(1, 300):
+        for budget in (0.0, 0.005, 0.03, 0.07, 0.2, float("inf")):
+            sizes: list[int] = []
+            while sum(sizes) < length:
+                sizes.append(engine._chunk(length - sum(sizes), budget))
+            assert sum(sizes) == length, (length, budget, sizes)
+            assert sizes == [length] or all(smallest <= size <= 64 for size in sizes), (length, budget, sizes)
+
+
 def test_static_batches_serve_when_the_model_names_cuda(varied_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine CUDA models get (onnxruntime-genai's Generator in static batches), driven on the
     CPU: no GPU here, so the model's provider is reported as CUDA to the engine while genai loads

@@ -8,7 +8,9 @@ Each iteration of its loop:
    the budget lasts: about two decode steps' time by default, at least 20 ms, times one plus the
    requests waiting (at most four times; `prefill_budget_ms` sets a fixed one), so a long prompt
    delays each running stream's next token by about that instead of its whole prefill, and a burst
-   of arrivals is not served one prompt per decode step; with nothing running, a prompt runs at once;
+   of arrivals is not served one prompt per decode step; with nothing running, a prompt runs at once.
+   No run is shorter than MIN_CHUNK tokens but a whole short prompt (each run has a fixed cost),
+   and the next prompt starts in the same iteration only if its smallest chunk fits what is left;
 3. runs one decode step for every running sequence; a prompt that is done joins from the next step.
    Each step's new tokens are reserved first: when they do not fit, the newest sequence gives its
    row back and waits ahead of the queue, to be prefilled again with what it has generated;
@@ -320,7 +322,10 @@ class Engine:
                     break
                 left = budget - (time.perf_counter() - started) if decoder.running else float("inf")
                 self._prefill(decoder, decoder.prefilling, left)
-                if decoder.prefilling is not None or time.perf_counter() - started >= budget:
+                # The next prompt waits for the next iteration unless its smallest chunk fits what
+                # is left: started on a sliver, it would overrun the budget and cost an extra run.
+                left = budget - (time.perf_counter() - started)
+                if decoder.prefilling is not None or left <= MIN_CHUNK * self._prefill_token_seconds:
                     break
             if decoder.running:
                 self._decode(decoder)
@@ -429,10 +434,12 @@ class Engine:
         else:
             size = int(budget / self._prefill_token_seconds)
         size = min(max(size, MIN_CHUNK), self.max_prefill_chunk, remaining)
-        # A last chunk of one token would take attention's decode path, which differs in the last
-        # bits from a prompt run: the tokens would then depend on how the prompt was chunked.
-        if remaining - size == 1:
-            size = remaining if size < self.max_prefill_chunk else size - 1
+        # A rest shorter than the smallest chunk would cost a run of its own (its fixed cost for
+        # little work), and a rest of one token would take attention's decode path, which differs
+        # in the last bits from a prompt run: the tokens would then depend on how the prompt was
+        # chunked. So this run takes the rest too, or leaves a whole smallest chunk.
+        if 0 < remaining - size < MIN_CHUNK:
+            size = remaining if remaining <= self.max_prefill_chunk else remaining - MIN_CHUNK
         return size
 
     def _prefill_budget(self) -> float:
