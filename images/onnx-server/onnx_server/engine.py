@@ -162,9 +162,9 @@ class Engine:
                 self.model_dir / "tokenizer.json", config.vocab_size, config.eos_ids
             )
         loaded: dict[str, object] = {"model": str(self.model_dir), "threads": self.threads}
-        if config.uses_cuda:
+        if config.uses_cuda:  # onnxruntime-genai configures its own session's threads: no spinning here
             loaded["scheduling"] = "static"
-        else:  # onnxruntime-genai configures its own session's threads
+        else:
             loaded |= {"scheduling": "iteration", "spinning": self.spinning}
         log.info("model loaded", extra=loaded)
 
