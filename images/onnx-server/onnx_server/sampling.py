@@ -1,6 +1,7 @@
 """Choosing a sequence's next token from its logits: greedy, or temperature / top-k / top-p
 sampling from the request's own random generator, so a seeded request gives the same tokens alone
-or in a batch (its row's logits are the same either way)."""
+or in a batch as long as its row's logits are the same either way (the README says when
+onnxruntime's int4 kernels round them apart)."""
 
 from __future__ import annotations
 
