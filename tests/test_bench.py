@@ -116,7 +116,9 @@ def test_summary_counts_failures_by_kind_and_resets_apart() -> None:
     assert summary.itl.p50 == pytest.approx(0.02)
 
 
-def test_a_short_realistic_run_completes_with_every_field(endless_model: Path) -> None:
+def test_a_short_realistic_run_completes_with_every_field(
+    endless_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The real server and the raw engine on the tiny model that never stops early, so every run
     must produce exactly the tokens its requests asked for."""
     requests = workload(**SHORT_RUN)  # pyright: ignore[reportArgumentType]
@@ -127,6 +129,17 @@ def test_a_short_realistic_run_completes_with_every_field(endless_model: Path) -
     finally:
         server.stop()
     report = to_json(results, {"model": str(endless_model)})
+    # The raw batches' halves bracket the closed loop, so drift during the run weighs on both.
+    steps = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert steps.index("raw engine: static batches of 3, the first 1 of 2") + 1 == steps.index(
+        "server: 3 closed-loop clients"
+    )
+    assert steps.index("server: 3 closed-loop clients") + 1 == steps.index(
+        "raw engine: static batches of 3, the other 1"
+    )
+    first, second = report["raw_batch_tokens_per_s_before_and_after_the_closed_loop"]
+    assert 0 < min(first, second) <= report["runs"]["raw static batch of 3"]["tokens_per_s"] <= max(first, second)
+    assert "tok/s of its half before the closed loop" in table(results)
     runs = report["runs"]
     open_name = f"server, open loop {results.rate:.2f} req/s"
     assert set(runs) == {*RUN_NAMES, open_name}

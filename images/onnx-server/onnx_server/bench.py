@@ -166,24 +166,33 @@ def realistic(
     seed: int = 0,
 ) -> Results:
     """The raw engine in this process and the server at `base` (already running) under the same
-    requests: the raw single stream and the server's 1 client in turn, the raw static batches, then
-    `clients` closed-loop clients and an open loop at `rate` requests/s (None: 70% of the closed
-    loop's measured capacity). Neither side computes while the other is measured."""
+    requests: the raw single stream and the server's 1 client in turn; half the raw static batches,
+    `clients` closed-loop clients, the other half; then an open loop at `rate` requests/s (None: 70%
+    of the closed loop's measured capacity). Neither side computes while the other is measured."""
     raw = RawEngine(model_dir)
     raw.batch([requests[0].prompt], 4)  # first-run costs (allocations, thread pool start) are not measured
     model = served_model(base, key)
     asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
     _progress(f"{len(requests)} requests one at a time, raw engine and server (1 client) in turn")
     raw_single, one_client = asyncio.run(_in_turn(raw, base, model, key, requests))
-    equal = equal_requests(requests, clients * math.ceil(len(requests) / clients), seed)
-    _progress(f"raw engine: static batches of {clients}")
-    raw_batch = summarize(raw.static_batches(equal, clients))
-    del raw  # its weights, before the server works
-    gc.collect()
+    # The raw batches' halves come before and after the closed loop, so a machine that drifts
+    # faster or slower during the run weighs on both sides alike (the one-client runs take turns).
+    batches = math.ceil(len(requests) / clients)
+    equal = equal_requests(requests, clients * batches, seed)
+    split = clients * math.ceil(batches / 2)
+    _progress(f"raw engine: static batches of {clients}, the first {math.ceil(batches / 2)} of {batches}")
+    before = raw.static_batches(equal[:split], clients)
 
     auto_rate = rate is None
     _progress(f"server: {clients} closed-loop clients")
     closed = summarize(asyncio.run(closed_loop(base, model, key, requests, clients)))
+    _progress(f"raw engine: static batches of {clients}, the other {batches - math.ceil(batches / 2)}")
+    after = raw.static_batches(equal[split:], clients)
+    raw_batch = summarize(LoadRun(before.outcomes + after.outcomes, before.seconds + after.seconds))
+    halves = (summarize(before).tokens_per_s, summarize(after).tokens_per_s if after.outcomes else math.nan)
+    del raw  # its weights, before the open loop
+    gc.collect()
+
     if rate is None:
         if not closed.completed:
             raise RuntimeError(f"the {clients}-client closed loop completed no request: {closed.errors}")
@@ -191,7 +200,17 @@ def realistic(
     arrivals = poisson_arrivals(rate, len(requests), seed)
     _progress(f"server: open loop, Poisson arrivals at {rate:.2f} requests/s")
     opened = summarize(asyncio.run(open_loop(base, model, key, requests, arrivals)))
-    return Results(raw_single, raw_batch, one_client, closed, opened, clients, rate, rate_is_auto=auto_rate)
+    return Results(
+        raw_single,
+        raw_batch,
+        one_client,
+        closed,
+        opened,
+        clients,
+        rate,
+        rate_is_auto=auto_rate,
+        raw_batch_halves=halves,
+    )
 
 
 async def _in_turn(

@@ -22,6 +22,9 @@ class Results:
     clients: int
     rate: float
     rate_is_auto: bool
+    # tok/s of the raw batches run before and after the closed loop (NaN: no batch after it);
+    # far apart, the machine drifted during the run and the ratios carry it.
+    raw_batch_halves: tuple[float, float] = (math.nan, math.nan)
 
     def runs(self) -> dict[str, tuple[Summary, str, float]]:
         """Each run, the raw run its throughput is compared with, and that ratio."""
@@ -112,6 +115,9 @@ def table(results: Results) -> str:
         compared = f"ratio to the {base}; " if base else ""
         timed = f"; TTFT and ITL from the {run.timed} of {run.requests} that streamed text"
         notes.append(f"  {name}: {compared}errors {failures}; connection resets {run.resets}{timed}")
+        if name == f"raw static batch of {results.clients}":
+            first, second = (f"{rate:.1f}" if not math.isnan(rate) else "-" for rate in results.raw_batch_halves)
+            notes.append(f"    tok/s of its half before the closed loop {first}, of its half after it {second}")
     return "\n".join([*lines, "", *notes])
 
 
@@ -149,6 +155,7 @@ def to_json(results: Results, context: dict[str, Any]) -> dict[str, Any]:
             "clients": results.clients,
             "rate": results.rate,
             "rate_is_auto": results.rate_is_auto,
+            "raw_batch_tokens_per_s_before_and_after_the_closed_loop": list(results.raw_batch_halves),
             "runs": {
                 name: {**_summary_json(run), "ratio_to": base or None, "ratio": ratio}
                 for name, (run, base, ratio) in results.runs().items()
