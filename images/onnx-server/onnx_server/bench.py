@@ -179,14 +179,15 @@ def realistic(
     # faster or slower during the run weighs on both sides alike (the one-client runs take turns).
     batches = math.ceil(len(requests) / clients)
     equal = equal_requests(requests, clients * batches, seed)
-    split = clients * math.ceil(batches / 2)
-    _progress(f"raw engine: static batches of {clients}, the first {math.ceil(batches / 2)} of {batches}")
+    first_half = math.ceil(batches / 2)
+    split = clients * first_half
+    _progress(f"raw engine: static batches of {clients}, the first {first_half} of {batches}")
     before = raw.static_batches(equal[:split], clients)
 
     auto_rate = rate is None
     _progress(f"server: {clients} closed-loop clients")
     closed = summarize(asyncio.run(closed_loop(base, model, key, requests, clients)))
-    _progress(f"raw engine: static batches of {clients}, the other {batches - math.ceil(batches / 2)}")
+    _progress(f"raw engine: static batches of {clients}, the other {batches - first_half}")
     after = raw.static_batches(equal[split:], clients)
     raw_batch = summarize(LoadRun(before.outcomes + after.outcomes, before.seconds + after.seconds))
     halves = (summarize(before).tokens_per_s, summarize(after).tokens_per_s if after.outcomes else math.nan)

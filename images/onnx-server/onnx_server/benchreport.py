@@ -24,7 +24,7 @@ class Results:
     rate_is_auto: bool
     # tok/s of the raw batches run before and after the closed loop (NaN: no batch after it);
     # far apart, the machine drifted during the run and the ratios carry it.
-    raw_batch_halves: tuple[float, float] = (math.nan, math.nan)
+    raw_batch_halves: tuple[float, float]
 
     def runs(self) -> dict[str, tuple[Summary, str, float]]:
         """Each run, the raw run its throughput is compared with, and that ratio."""
