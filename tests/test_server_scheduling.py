@@ -244,7 +244,9 @@ def test_a_finished_sequence_frees_its_row_at_once(varied_model: Path) -> None:
     try:
         running = long_stream(two_rows)
         short = Stream(two_rows, {"prompt": "short", "max_tokens": 6, "temperature": 0}).start()
-        time.sleep(0.05)
+        # The short request holds the second row before the queued one is sent (a fixed pause let
+        # a loaded machine deliver them the other way round).
+        short.wait_for_chunks(1)
         queued = Stream(two_rows, {"prompt": "queued", "max_tokens": 6, "temperature": 0}).start()
         short.join()
         queued.join()
