@@ -42,6 +42,7 @@ RUN_NAMES = (
     "raw static batch of 3",
     "server, 1 client",
     "server, 3 closed-loop clients",
+    "engine in-process, no HTTP",
 )
 
 
@@ -151,10 +152,11 @@ def test_a_short_realistic_run_completes_with_every_field(
         assert run["tokens_per_s"] > 0 and run["requests_per_s"] > 0, name
         for metric in ("ttft", "itl", "e2e"):
             assert all(run[metric][p] > 0 for p in ("p50", "p95", "p99")), (name, metric)
-    for name in (RUN_NAMES[0], RUN_NAMES[2], RUN_NAMES[3], open_name):
+    for name in (RUN_NAMES[0], RUN_NAMES[2], RUN_NAMES[3], RUN_NAMES[4], open_name):
         assert runs[name]["tokens"] == asked, name
     assert runs["raw static batch of 3"]["tokens"] == 6 * round(asked / 6)
-    for name, base in (("server, 1 client", "raw single stream"), (open_name, "raw static batch of 3")):
+    one_at_a_time = ("server, 1 client", "engine in-process, no HTTP")
+    for name, base in (*((n, "raw single stream") for n in one_at_a_time), (open_name, "raw static batch of 3")):
         ratio = runs[name]["tokens_per_s"] / runs[base]["tokens_per_s"]
         assert (runs[name]["ratio_to"], runs[name]["ratio"]) == (base, pytest.approx(ratio))
     goals = [t["goal"] for t in report["targets"]]

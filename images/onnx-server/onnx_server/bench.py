@@ -39,6 +39,7 @@ from onnx_server.benchmodels import CACHE, SIZES, build
 from onnx_server.benchreport import OPEN_LOOP_SHARE, Results, table, target_lines, to_json
 from onnx_server.benchstats import Summary, summarize
 from onnx_server.cpus import available_cpus
+from onnx_server.inprocess import InProcessEngine
 from onnx_server.loadgen import (
     MAX_TOKENS,
     PROMPT_WORDS,
@@ -166,15 +167,24 @@ def realistic(
     seed: int = 0,
 ) -> Results:
     """The raw engine in this process and the server at `base` (already running) under the same
-    requests: the raw single stream and the server's 1 client in turn; half the raw static batches,
+    requests: the raw single stream, the server's engine in this process (no HTTP) and the server's
+    1 client in turn; half the raw static batches,
     `clients` closed-loop clients, the other half; then an open loop at `rate` requests/s (None: 70%
     of the closed loop's measured capacity). Neither side computes while the other is measured."""
     raw = RawEngine(model_dir)
     raw.batch([requests[0].prompt], 4)  # first-run costs (allocations, thread pool start) are not measured
     model = served_model(base, key)
     asyncio.run(closed_loop(base, model, key, [BenchRequest("warm up", 4)], 1))
-    _progress(f"{len(requests)} requests one at a time, raw engine and server (1 client) in turn")
-    raw_single, one_client = asyncio.run(_in_turn(raw, base, model, key, requests))
+    _progress(f"{len(requests)} requests one at a time: raw engine, engine in-process, server (1 client) in turn")
+    engine = InProcessEngine(model_dir)
+    try:
+        raw_single, engine_single, one_client = asyncio.run(
+            _in_turn(raw, engine, base=base, model=model, key=key, requests=requests)
+        )
+    finally:
+        engine.close()  # its session's threads and memory, before the batches
+    del engine
+    gc.collect()
     # The raw batches' halves come before and after the closed loop, so a machine that drifts
     # faster or slower during the run weighs on both sides alike (the one-client runs take turns).
     batches = math.ceil(len(requests) / clients)
@@ -204,6 +214,7 @@ def realistic(
     return Results(
         raw_single,
         raw_batch,
+        engine_single,
         one_client,
         closed,
         opened,
@@ -215,22 +226,31 @@ def realistic(
 
 
 async def _in_turn(
-    raw: RawEngine, base: str, model: str, key: str, requests: list[BenchRequest]
-) -> tuple[Summary, Summary]:
-    """Each request alone through the raw engine, then alone through the server: load from other
-    work that comes and goes on a shared machine weighs on both sides alike."""
+    raw: RawEngine, engine: InProcessEngine, *, base: str, model: str, key: str, requests: list[BenchRequest]
+) -> tuple[Summary, Summary, Summary]:
+    """Each request alone through the raw engine, the server's engine in this process and the
+    server over HTTP, one after another: load from other work that comes and goes on a shared
+    machine weighs on all three alike."""
     raw_runs: list[LoadRun] = []
+    engine_outcomes: list[Outcome] = []
     served: list[Outcome] = []
-    served_seconds = 0.0
+    engine_seconds = served_seconds = 0.0
     async with client(key, 1) as shared:
         for request in requests:
             raw_runs.append(raw.single_stream([request]))
+            started = time.perf_counter()
+            engine_outcomes.append(await engine.stream(request))
+            engine_seconds += time.perf_counter() - started
             started = time.perf_counter()
             served.append(await stream(shared, base, model, request))
             served_seconds += time.perf_counter() - started
     raw_outcomes = [o for run in raw_runs for o in run.outcomes]
     raw_seconds = sum(run.seconds for run in raw_runs)
-    return summarize(LoadRun(raw_outcomes, raw_seconds)), summarize(LoadRun(served, served_seconds))
+    return (
+        summarize(LoadRun(raw_outcomes, raw_seconds)),
+        summarize(LoadRun(engine_outcomes, engine_seconds)),
+        summarize(LoadRun(served, served_seconds)),
+    )
 
 
 def _progress(step: str) -> None:

@@ -10,12 +10,15 @@ from typing import Any
 from onnx_server.benchstats import Summary
 
 OPEN_LOOP_SHARE = 0.7  # --rate auto: this share of the closed loop's measured capacity
+# The server's engine without HTTP (inprocess.py): one client's gap to the raw engine, less streaming.
+ENGINE_RUN = "engine in-process, no HTTP"
 
 
 @dataclass(frozen=True)
 class Results:
     raw_single: Summary  # the workload's requests one at a time through the Generator loop
     raw_batch: Summary  # static batches of `clients` equal-length requests
+    engine_single: Summary  # the workload one at a time through the server's engine in-process, no HTTP
     one_client: Summary  # the workload through the server, one client
     closed: Summary  # the workload through the server, `clients` closed-loop clients
     open: Summary  # the workload through the server at Poisson arrivals of `rate`
@@ -32,6 +35,7 @@ class Results:
         return {
             "raw single stream": (self.raw_single, "", math.nan),
             f"raw static batch of {self.clients}": (self.raw_batch, "", math.nan),
+            ENGINE_RUN: (self.engine_single, "raw single stream", _ratio(self.engine_single.tokens_per_s, single)),
             "server, 1 client": (self.one_client, "raw single stream", _ratio(self.one_client.tokens_per_s, single)),
             f"server, {self.clients} closed-loop clients": (
                 self.closed,
