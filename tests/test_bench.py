@@ -17,6 +17,7 @@ import pytest
 from onnx_server.bench import realistic
 from onnx_server.benchreport import table, to_json
 from onnx_server.benchstats import Percentiles, summarize
+from onnx_server.genai import genai
 from onnx_server.loadgen import (
     CLOSED,
     MAX_TOKENS,
@@ -31,6 +32,7 @@ from onnx_server.loadgen import (
     served_model,
     workload,
 )
+from onnx_server.rawengine import RawEngine
 from onnx_server.tokens import load_tokenizer
 
 from tests.server_support import API_KEY, SERVER_PATH, Server
@@ -115,6 +117,34 @@ def test_summary_counts_failures_by_kind_and_resets_apart() -> None:
     assert summary.e2e.p50 == pytest.approx(0.35)
     assert summary.ttft.p50 == pytest.approx(0.2)  # the reset request's first token counts
     assert summary.itl.p50 == pytest.approx(0.02)
+
+
+def test_the_raw_engine_times_a_token_when_it_adds_text(endless_model: Path) -> None:
+    """The raw engine's TTFT and gaps count what the server's client counts, streamed text: a token
+    that decodes to nothing arrives with the next one, and a stream with no text has no TTFT.
+    Expected texts come from onnxruntime-genai's own greedy loop and tokenizer stream."""
+    og = genai()
+    model = og.Model(str(endless_model))
+    tokenizer = og.Tokenizer(model)
+    raw = RawEngine(endless_model)
+    silent = 0
+    for request in workload(count=12, seed=1, prompt_words=(4, 24), max_tokens=(16, 16)):
+        ids = tokenizer.encode(request.prompt)
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + request.max_tokens, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        text = tokenizer.create_stream()
+        arrivals = 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            arrivals += bool(text.decode(int(generator.get_next_tokens()[0])))
+        (outcome,) = raw.batch([request.prompt], request.max_tokens)
+        assert outcome.tokens == request.max_tokens
+        assert (outcome.ttft is not None, len(outcome.itl)) == (arrivals > 0, max(arrivals - 1, 0)), request
+        silent += arrivals < request.max_tokens
+    # The random model's greedy output has tokens that decode to nothing (else this proves little).
+    assert silent, "every token of every request decoded to text"
 
 
 def test_a_short_realistic_run_completes_with_every_field(

@@ -27,7 +27,9 @@ class RawEngine:
 
     def batch(self, prompts: Sequence[str], max_tokens: int) -> list[Outcome]:
         """One static batch: every row decodes until it ends or has `max_tokens` tokens; times from
-        before tokenizing, the prefill included."""
+        before tokenizing, the prefill included. A token is timed when it adds text, as the
+        server's client times a streamed chunk: a token that decodes to nothing yet (part of a
+        character) arrives with the next one, so the two sides' latencies count the same gaps."""
         started = time.perf_counter()
         ids = [self._tokenizer.encode(p) for p in prompts]
         params = self._og.GeneratorParams(self._model)
@@ -36,7 +38,9 @@ class RawEngine:
         generator = self._og.Generator(self._model, params)
         generator.append_tokens(ids[0] if len(prompts) == 1 else self._tokenizer.encode_batch(list(prompts)))
         outcomes = [Outcome() for _ in prompts]
-        last = [started] * len(prompts)
+        texts = [self._tokenizer.create_stream() for _ in prompts]
+        last = [started] * len(prompts)  # each row's last text
+        now = started
         running = set(range(len(prompts)))
         while running and not generator.is_done():
             generator.generate_next_token()
@@ -47,16 +51,17 @@ class RawEngine:
                 outcome = outcomes[row]
                 if int(token) not in self._eos:
                     outcome.tokens += 1
-                    if outcome.ttft is None:
-                        outcome.ttft = now - started
-                    else:
-                        outcome.itl.append(now - last[row])
-                    last[row] = now
+                    if texts[row].decode(int(token)):
+                        if outcome.ttft is None:
+                            outcome.ttft = now - started
+                        else:
+                            outcome.itl.append(now - last[row])
+                        last[row] = now
                 if int(token) in self._eos or outcome.tokens >= max_tokens:
                     outcome.e2e = now - started
                     running.discard(row)
-        for row in running:  # the generator ended them (max_length)
-            outcomes[row].e2e = last[row] - started
+        for row in running:  # the generator ended them (max_length) at its last step
+            outcomes[row].e2e = now - started
         return outcomes
 
     def single_stream(self, requests: Sequence[BenchRequest]) -> LoadRun:
