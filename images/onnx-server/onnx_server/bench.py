@@ -5,10 +5,11 @@ onnxruntime-genai loop in-process (one stream, then static batches of N, the fas
 N concurrent requests on CPU) and this server over HTTP at concurrency 1, 4 and 16.
 
 `python -m onnx_server.bench --realistic [--clients 16] [--rate auto|R] [--json OUT]`: mixed lengths
-as vLLM's serving benchmark does (loadgen.py): the raw engine's single stream and the server's one
-client in turn, the raw static batch of N equal requests, the server with N closed-loop clients and
-an open loop of Poisson arrivals; TTFT, inter-token and end-to-end percentiles, every error, the
-ratios to the raw engine and issue 15's targets.
+as vLLM's serving benchmark does (loadgen.py): the raw engine's single stream, the server's engine
+in-process without HTTP (inprocess.py) and the server's one client in turn, the raw static batch of
+N equal requests, the server with N closed-loop clients and an open loop of Poisson arrivals; TTFT,
+inter-token and end-to-end percentiles, every error, the ratios to the raw engine and issue 15's
+targets.
 
 Without --model it uses a random int4 Phi3 (benchmodels.py), built once into --cache.
 """
@@ -168,9 +169,9 @@ def realistic(
 ) -> Results:
     """The raw engine in this process and the server at `base` (already running) under the same
     requests: the raw single stream, the server's engine in this process (no HTTP) and the server's
-    1 client in turn; half the raw static batches,
-    `clients` closed-loop clients, the other half; then an open loop at `rate` requests/s (None: 70%
-    of the closed loop's measured capacity). Neither side computes while the other is measured."""
+    1 client in turn; half the raw static batches, `clients` closed-loop clients, the other half;
+    then an open loop at `rate` requests/s (None: 70% of the closed loop's measured capacity).
+    Neither side computes while the other is measured."""
     raw = RawEngine(model_dir)
     raw.batch([requests[0].prompt], 4)  # first-run costs (allocations, thread pool start) are not measured
     model = served_model(base, key)
