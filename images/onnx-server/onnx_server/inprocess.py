@@ -36,6 +36,8 @@ class InProcessEngine:
             kv_cache_gib=defaults.kv_cache_gib,
             max_prefill_chunk=defaults.max_prefill_chunk,
         )
+        # start() lowers this process's GIL switch interval to the server's (0.5 ms); with one thread
+        # busy at a time, as here, the raw engine's loop does not wait on it.
         self._engine.start()
         loaded = self._engine.ready.wait(LOAD_SECONDS)
         if self._engine.load_error or not loaded:
