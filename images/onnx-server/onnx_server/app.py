@@ -66,18 +66,7 @@ class Service:
         self.metrics = metrics
         self.model_name = metrics.model
         self.created = int(time.time())
-        self.engine = Engine(
-            settings.model,
-            metrics,
-            max_batch=settings.max_batch,
-            max_waiting=settings.max_waiting,
-            batch_wait_ms=settings.batch_wait_ms,
-            threads=settings.threads,
-            spinning=settings.spinning,
-            prefill_budget_ms=settings.prefill_budget_ms,
-            kv_cache_gib=settings.kv_cache_gib,
-            max_prefill_chunk=settings.max_prefill_chunk,
-        )
+        self.engine = Engine.from_settings(settings, metrics)
         self.template = ChatTemplate(load_template(settings.model), _template_tokens(settings.model))
         self.special = set(special_tokens(settings.model))
         self.draining = asyncio.Event()  # set when shutdown starts: no new work, bodies still arriving: 503

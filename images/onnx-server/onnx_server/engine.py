@@ -47,6 +47,7 @@ from onnx_server.kv_budget import GIB, KvBudget, bytes_per_token, default_capaci
 from onnx_server.metrics import Metrics
 from onnx_server.model_config import ModelConfig, read_model_config
 from onnx_server.sampling import MIN_TEMPERATURE, Sampling, TokenChooser
+from onnx_server.settings import Settings
 from onnx_server.tokens import PromptEncoder, TextStream, load_tokenizer, special_tokens
 
 __all__ = [
@@ -132,6 +133,22 @@ class Engine:
         self._step_seconds = 0.0  # recent decode step time
         self._prefill_token_seconds = 0.0  # recent prefill time per prompt token
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> Engine:
+        """The engine the server runs for these settings (its model and scheduling options)."""
+        return cls(
+            settings.model,
+            metrics,
+            max_batch=settings.max_batch,
+            max_waiting=settings.max_waiting,
+            batch_wait_ms=settings.batch_wait_ms,
+            threads=settings.threads,
+            spinning=settings.spinning,
+            prefill_budget_ms=settings.prefill_budget_ms,
+            kv_cache_gib=settings.kv_cache_gib,
+            max_prefill_chunk=settings.max_prefill_chunk,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 

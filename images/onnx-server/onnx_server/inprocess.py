@@ -23,19 +23,7 @@ REQUEST_SECONDS = 600.0
 
 class InProcessEngine:
     def __init__(self, model_dir: Path) -> None:
-        defaults = Settings(model=model_dir)
-        self._engine = Engine(
-            model_dir,
-            Metrics("in-process"),
-            max_batch=defaults.max_batch,
-            max_waiting=defaults.max_waiting,
-            batch_wait_ms=defaults.batch_wait_ms,
-            threads=defaults.threads,
-            spinning=defaults.spinning,
-            prefill_budget_ms=defaults.prefill_budget_ms,
-            kv_cache_gib=defaults.kv_cache_gib,
-            max_prefill_chunk=defaults.max_prefill_chunk,
-        )
+        self._engine = Engine.from_settings(Settings(model=model_dir), Metrics("in-process"))  # the defaults
         # start() lowers this process's GIL switch interval to the server's (0.5 ms); with one thread
         # busy at a time, as here, the raw engine's loop does not wait on it.
         self._engine.start()
