@@ -127,7 +127,7 @@ class Engine:
         self._waiting = 0
         self._stop = threading.Event()
         self.outbox = Outbox()
-        self._per_token = metrics.for_model()  # label lookups once, not per token
+        self._per_token = metrics.for_model()  # label lookups once, not per token or step
         self._decoder: SlotDecoder | None = None
         self._grammar_tokenizer: Any = None
         self._step_seconds = 0.0  # recent decode step time
@@ -298,6 +298,11 @@ class Engine:
 
     def _emit_until_stop(self, job: Job) -> bool:
         """Send what can no longer become part of a stop sequence; True when a stop sequence ended it."""
+        if not job.stop:  # the common case, without the search
+            if job.held:
+                self.outbox.put(job, Event("delta", text=job.held))
+                job.held = ""
+            return False
         for stop in job.stop:
             at = job.held.find(stop)
             if at >= 0:
@@ -349,13 +354,15 @@ class Engine:
         finally:
             self.outbox.flush()
             running = len(decoder.running) + (decoder.prefilling is not None)
-            self.metrics.running.labels(self.metrics.model).set(running)
+            self._per_token.running.set(running)
             if self.kv is not None:
-                self.metrics.kv_usage.labels(self.metrics.model).set(self.kv.usage)
+                self._per_token.kv_usage.set(self.kv.usage)
 
     def _next_job(self, idle: bool) -> Job | None:
         """The oldest job ahead of the queue (preempted, or held for the cache's room), else the
         oldest waiting one."""
+        if not idle and not self._waiting:  # nothing waits: no lock to take between decode steps
+            return None
         while self._front:
             job = self._front[0]
             if not job.cancelled.is_set():
@@ -520,10 +527,11 @@ class Engine:
         job.output_ids.append(token)
         return token
 
-    def _end_if_finished(self, decoder: SlotDecoder, job: Job) -> None:
+    def _end_if_finished(self, decoder: SlotDecoder, job: Job, length: int | None = None) -> None:
+        """Finish and free a sequence that is done (`length`: its tokens in the cache, if known)."""
         if not job.finished and job.guide is not None and job.guide.finished:
             self.finish(job, "stop")  # the grammar is complete: only the end of sequence may follow
-        if not job.finished and decoder.length(job) + 1 >= self.context_length:
+        if not job.finished and (decoder.length(job) if length is None else length) + 1 >= self.context_length:
             self.finish(job, "length")
         if job.finished:
             self._free(decoder, job)
@@ -538,7 +546,7 @@ class Engine:
         jobs = decoder.running
         if not jobs:
             return
-        self.metrics.batch_size.labels(self.metrics.model).observe(len(jobs))
+        self._per_token.batch_size.observe(len(jobs))
         started = time.perf_counter()
         try:
             logits = decoder.decode([job.next_token for job in jobs])
@@ -553,9 +561,10 @@ class Engine:
             return
         now = time.perf_counter()
         self._step_seconds = _smooth(self._step_seconds, now - started)
-        for job, token in zip(jobs, tokens, strict=True):
+        lengths = decoder.lengths  # read once: a row that leaves moves another, not its length
+        for job, token, length in zip(jobs, tokens, lengths, strict=True):
             self.emit(job, token, now)
-            self._end_if_finished(decoder, job)
+            self._end_if_finished(decoder, job, length)
 
     def _make_room(self, decoder: SlotDecoder) -> None:
         """Reserve the token each running row writes in this step. When the cache cannot hold them,

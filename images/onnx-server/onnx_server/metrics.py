@@ -74,13 +74,20 @@ class Metrics:
             generation_tokens=self.generation_tokens.labels(self.model),
             ttft=self.ttft.labels(self.model),
             itl=self.itl.labels(self.model),
+            running=self.running.labels(self.model),
+            kv_usage=self.kv_usage.labels(self.model),
+            batch_size=self.batch_size.labels(self.model),
         )
 
 
 @dataclass(frozen=True)
 class PerToken:
-    """The children updated on every generated token, bound to this server's model label."""
+    """The children updated on every generated token or decode step, bound to this server's model
+    label: a label lookup takes a lock and builds a key, which the engine would pay between steps."""
 
     generation_tokens: Counter
     ttft: Histogram
     itl: Histogram
+    running: Gauge
+    kv_usage: Gauge
+    batch_size: Histogram
