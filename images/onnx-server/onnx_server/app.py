@@ -14,18 +14,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from onnx_server import guidance, schemas, text
-from onnx_server.access import RequestRecord, outcome_for_event
+from onnx_server import guidance, schemas, sse, text
+from onnx_server.access import RequestRecord
 from onnx_server.chat import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     ChatTemplate,
     TemplateFailure,
-    ToolCallStream,
     load_template,
     parse_tool_calls,
 )
@@ -237,15 +236,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _observed(job, _record(request))
-            return _stream(service, job, _completion_chunks(service, job, events, completion_id, include_usage))
+            frames = sse.CompletionFrames(job, _chunk_base(service, completion_id, "text_completion"), include_usage)
+            return sse.stream(job, _record(request), frames, service.jobs)
         text_out, reason, completion_tokens = await _collect(service, job, request)
         return schemas.Completion(
             id=completion_id,
             created=int(time.time()),
             model=service.model_name,
             choices=[schemas.CompletionChoice(index=0, text=text_out, finish_reason=reason)],  # type: ignore[arg-type]
-            usage=_usage(job, completion_tokens),
+            usage=sse.usage(job, completion_tokens),
         )
 
     return app
@@ -305,9 +304,9 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
     legacy = body.functions is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _observed(job, _record(request))
-        chunks = _chat_chunks(service, job, events, completion_id, include_usage, tools=bool(tools), legacy=legacy)
-        return _stream(service, job, chunks)
+        base = _chunk_base(service, completion_id, "chat.completion.chunk")
+        frames = sse.ChatFrames(job, base, include_usage, tools=bool(tools), legacy=legacy)
+        return sse.stream(job, _record(request), frames, service.jobs)
     text_out, reason, completion_tokens = await _collect(service, job, request)
     content, calls = parse_tool_calls(text_out) if tools else (text_out, [])
     if calls and legacy:
@@ -326,7 +325,7 @@ async def _chat(service: Service, body: schemas.ChatCompletionRequest, request: 
         created=int(time.time()),
         model=service.model_name,
         choices=[schemas.ChatChoice(index=0, message=message, finish_reason=finish)],  # type: ignore[arg-type]
-        usage=_usage(job, completion_tokens),
+        usage=sse.usage(job, completion_tokens),
     )
 
 
@@ -401,6 +400,11 @@ async def _job(
     return job
 
 
+def _chunk_base(service: Service, completion_id: str, kind: str) -> dict[str, Any]:
+    """What every chunk of a stream repeats."""
+    return {"id": completion_id, "object": kind, "created": int(time.time()), "model": service.model_name}
+
+
 def _record(request: Request) -> RequestRecord:
     """The Guard's record of this request (its access log line), or a detached one without it."""
     found = request.scope.get("state", {}).get("record")
@@ -410,21 +414,8 @@ def _record(request: Request) -> RequestRecord:
 async def _observed(job: Job, record: RequestRecord) -> AsyncIterator[Event]:
     """A job's events, noting in the request's record how the generation ended."""
     async for event in job.events_until_done():
-        if event.kind == "done":
-            record.completion_tokens = event.completion_tokens
-            record.outcome = "ok"
-        elif event.kind == "error":
-            record.outcome, record.code = outcome_for_event(event.status, event.code), event.code
-        elif event.kind == "cancelled":
-            record.outcome = "client_gone"
+        sse.note(record, event)
         yield event
-
-
-def _usage(job: Job, completion_tokens: int) -> schemas.Usage:
-    prompt_tokens = len(job.prompt_ids)
-    return schemas.Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
 
 
 async def _collect(service: Service, job: Job, request: Request) -> tuple[str, str, int]:
@@ -453,98 +444,6 @@ async def _collect(service: Service, job: Job, request: Request) -> tuple[str, s
         job.cancelled.set()  # a no-op once finished; frees the slot if we left early
         service.jobs.discard(job)
     raise ApiError(503, "the generation ended without a result", "server_error")
-
-
-def _sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-def _error_event(event: Event) -> bytes:
-    return _sse({"error": {"message": event.text, "type": error_kind(event.status), "code": event.code}})
-
-
-def _stream(service: Service, job: Job, chunks: AsyncIterator[bytes]) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-            yield b"data: [DONE]\n\n"
-        finally:
-            # Client gone (the generator is closed) or finished: either way release the slot.
-            job.cancelled.set()
-            service.jobs.discard(job)
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _chat_chunks(
-    service: Service,
-    job: Job,
-    events: AsyncIterator[Event],
-    completion_id: str,
-    include_usage: bool,
-    *,
-    tools: bool,
-    legacy: bool,
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": service.model_name}
-    usage_field = {"usage": None} if include_usage else {}
-    yield _sse(
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-            **usage_field,
-        }
-    )
-    # With tools, content and tool-call deltas are told apart as the text arrives (chat.py).
-    calls = ToolCallStream(legacy=legacy) if tools else None
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **usage_field})
-
-    async for event in events:
-        if event.kind == "delta":
-            for delta in calls.feed(event.text) if calls else [{"content": event.text}]:
-                yield chunk(delta)
-        elif event.kind == "error":
-            yield _error_event(event)
-            return
-        elif event.kind == "cancelled":
-            return
-        else:
-            finish = event.finish_reason
-            if calls is not None:
-                for delta in calls.finish():
-                    yield chunk(delta)
-                if calls.called:
-                    finish = "function_call" if legacy else "tool_calls"
-            yield chunk({}, finish)
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
-
-
-async def _completion_chunks(
-    service: Service, job: Job, events: AsyncIterator[Event], completion_id: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    base = {"id": completion_id, "object": "text_completion", "created": created, "model": service.model_name}
-    usage_field = {"usage": None} if include_usage else {}
-    async for event in events:
-        if event.kind == "delta":
-            yield _sse({**base, "choices": [{"index": 0, "text": event.text, "finish_reason": None}], **usage_field})
-        elif event.kind == "error":
-            yield _error_event(event)
-            return
-        elif event.kind == "cancelled":
-            return
-        else:
-            yield _sse(
-                {**base, "choices": [{"index": 0, "text": "", "finish_reason": event.finish_reason}], **usage_field}
-            )
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(job, event.completion_tokens).model_dump()})
 
 
 __all__ = ["ApiError", "Service", "create_app"]

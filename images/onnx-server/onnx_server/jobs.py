@@ -28,6 +28,9 @@ def frames(error: BaseException) -> list[str]:
     return [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(error.__traceback__)]
 
 
+FINAL = frozenset({"done", "error", "cancelled"})  # the kinds of a job's last event
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str  # "delta", "done", "error", "cancelled"
@@ -64,29 +67,37 @@ class Job:
     preemptions: int = 0  # times its row was taken back for older requests' growth
     chooser: Any = None  # sampling.TokenChooser
     guide: Any = None  # guided_decoding.Guide, for guided requests
+    # Event-loop state: an event read past the deltas that next_event joined.
+    _pending: Event | None = field(default=None, init=False, repr=False)
 
     @property
     def next_token(self) -> int:
         """The token the next decode step feeds in: the last one chosen."""
         return self.output_ids[-1]
 
+    async def next_event(self) -> Event:
+        """The next event in order; text that piled up while the client was busy comes as one delta."""
+        event = self._pending
+        self._pending = None
+        if event is None:
+            event = self.events.get_nowait() if not self.events.empty() else await self.events.get()
+        if event.kind != "delta" or self.events.empty():
+            return event
+        texts = [event.text]
+        while not self.events.empty():
+            following = self.events.get_nowait()
+            if following.kind != "delta":
+                self._pending = following
+                break
+            texts.append(following.text)
+        return Event("delta", text="".join(texts))
+
     async def events_until_done(self) -> AsyncIterator[Event]:
-        """Events in order; text that piled up while the client was busy comes as one delta."""
-        pending: Event | None = None
+        """Events in order (next_event) until the last one: done, error or cancelled."""
         while True:
-            event = pending or await self.events.get()
-            pending = None
-            if event.kind == "delta":
-                texts = [event.text]
-                while not self.events.empty():
-                    following = self.events.get_nowait()
-                    if following.kind != "delta":
-                        pending = following
-                        break
-                    texts.append(following.text)
-                event = Event("delta", text="".join(texts))
+            event = await self.next_event()
             yield event
-            if event.kind in ("done", "error", "cancelled"):
+            if event.kind in FINAL:
                 return
 
 
