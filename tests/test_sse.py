@@ -9,7 +9,6 @@ import json
 import random
 
 import pytest
-
 from onnx_server.jobs import Event, Job
 from onnx_server.sampling import Sampling
 from onnx_server.sse import ChatFrames, CompletionFrames, sse
@@ -24,7 +23,7 @@ HOSTILE = [
     "\u2028\u2029 separators",
     "é ünïcödé 漢字 🤖",
     "data: [DONE]\n\n",
-    "}]}, {\"injected\": true",
+    '}]}, {"injected": true',
 ]
 
 
@@ -37,7 +36,7 @@ def _job() -> Job:
 
 
 def _random_texts(count: int) -> list[str]:
-    rng = random.Random(15)
+    rng = random.Random(15)  # noqa: S311 (test data)
     alphabet = [chr(c) for c in range(0x20)] + list('"\\/{}[]:,abc') + ["é", "漢", "🤖", "\u2028", "\ud7ff", "\ue000"]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(count)]
 
