@@ -6,7 +6,8 @@ StreamingResponse sends its chunks and cancels it when the client goes away. Eve
 the engine's event and the socket runs on the event loop once per token, beside a decode thread
 that needs the same cores, so the path is kept short: no generator per concern, and a text delta
 is the chunk's constant JSON around the text's own encoding instead of a new document each time
-(one client on the large benchmark model: about 85 us less event-loop CPU per token).
+(16 clients on the large benchmark model: the event loop's CPU per token fell from 118 to 148 us
+to 103 to 108 us).
 """
 
 from __future__ import annotations
