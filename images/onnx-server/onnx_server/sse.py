@@ -76,16 +76,29 @@ class Frames(Protocol):
 _MARKER = "\x00text\x00"  # where a template's text goes; no completion id or model name holds it
 
 
-class CompletionFrames:
+class _Frames:
+    """What both endpoints' chunks share: `base` (id, object, created, model) in every chunk, and
+    with include_usage a `usage: null` in each and a last chunk with the counts."""
+
+    def __init__(self, job: Job, base: dict[str, Any], include_usage: bool) -> None:
+        self._job, self._base, self._include_usage = job, base, include_usage
+        self._usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        return {**self._base, "choices": [choice], **self._usage_field}
+
+    def _usage_chunk(self, event: Event) -> bytes:
+        if not self._include_usage:
+            return b""
+        return sse({**self._base, "choices": [], "usage": usage(self._job, event.completion_tokens).model_dump()})
+
+
+class CompletionFrames(_Frames):
     """/v1/completions chunks (`text_completion`)."""
 
     def __init__(self, job: Job, base: dict[str, Any], include_usage: bool) -> None:
-        """`base`: what every chunk repeats (id, object, created, model)."""
-        self._job, self._include_usage = job, include_usage
-        self._base = base
-        self._usage_field = {"usage": None} if include_usage else {}
-        choice = {"index": 0, "text": _MARKER, "finish_reason": None}
-        self._text = _template({**self._base, "choices": [choice], **self._usage_field}, _MARKER)
+        super().__init__(job, base, include_usage)
+        self._text = _template(self._chunk({"index": 0, "text": _MARKER, "finish_reason": None}), _MARKER)
 
     def opening(self) -> bytes:
         return b""
@@ -94,52 +107,42 @@ class CompletionFrames:
         return self._text(text)
 
     def done(self, event: Event) -> bytes:
-        choice = {"index": 0, "text": "", "finish_reason": event.finish_reason}
-        out = sse({**self._base, "choices": [choice], **self._usage_field})
-        if self._include_usage:
-            out += sse({**self._base, "choices": [], "usage": usage(self._job, event.completion_tokens).model_dump()})
-        return out
+        finish = sse(self._chunk({"index": 0, "text": "", "finish_reason": event.finish_reason}))
+        return finish + self._usage_chunk(event)
 
 
-class ChatFrames:
+class ChatFrames(_Frames):
     """/v1/chat/completions chunks (`chat.completion.chunk`); with tools, content and tool-call
     deltas are told apart as the text arrives (chat.py)."""
 
     def __init__(self, job: Job, base: dict[str, Any], include_usage: bool, *, tools: bool, legacy: bool) -> None:
-        self._job, self._include_usage, self._legacy = job, include_usage, legacy
-        self._base = base
-        self._usage_field = {"usage": None} if include_usage else {}
+        super().__init__(job, base, include_usage)
+        self._legacy = legacy
         self._calls = ToolCallStream(legacy=legacy) if tools else None
-        self._content = self._template({"content": _MARKER})
+        self._content = _template(self._delta_chunk({"content": _MARKER}), _MARKER)
 
-    def _template(self, delta: dict[str, Any]) -> Callable[[str], bytes]:
-        return _template(self._chunk_document(delta, None), _MARKER)
+    def _delta_chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return self._chunk({"index": 0, "delta": delta, "finish_reason": finish})
 
-    def _chunk_document(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {**self._base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **self._usage_field}
-
-    def _chunks(self, deltas: list[dict[str, Any]]) -> bytes:
-        return b"".join(sse(self._chunk_document(delta, None)) for delta in deltas)
+    def _deltas(self, deltas: list[dict[str, Any]]) -> bytes:
+        return b"".join(sse(self._delta_chunk(delta)) for delta in deltas)
 
     def opening(self) -> bytes:
-        return sse(self._chunk_document({"role": "assistant", "content": ""}, None))
+        return sse(self._delta_chunk({"role": "assistant", "content": ""}))
 
     def delta(self, text: str) -> bytes:
         if self._calls is None:
             return self._content(text)
-        return self._chunks(self._calls.feed(text))
+        return self._deltas(self._calls.feed(text))
 
     def done(self, event: Event) -> bytes:
         finish = event.finish_reason
         out = b""
         if self._calls is not None:
-            out = self._chunks(self._calls.finish())
+            out = self._deltas(self._calls.finish())
             if self._calls.called:
                 finish = "function_call" if self._legacy else "tool_calls"
-        out += sse(self._chunk_document({}, finish))
-        if self._include_usage:
-            out += sse({**self._base, "choices": [], "usage": usage(self._job, event.completion_tokens).model_dump()})
-        return out
+        return out + sse(self._delta_chunk({}, finish)) + self._usage_chunk(event)
 
 
 def stream(job: Job, record: RequestRecord, frames: Frames, in_flight: set[Job]) -> StreamingResponse:
